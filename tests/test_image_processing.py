@@ -345,3 +345,94 @@ def test_band_descriptions_are_matched_or_refused_never_taken_in_file_order_sile
     short = one_date("short", ["B2", "B3", "B4", "B8A", "B11", "B12"])
     long = one_date("long", BANDS6, seed=1)
     assert processor([[short, long]])["pixel_values"].shape[2] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# transformers conventions: per-call statistics, input_data_format, segmentation scores (issue 14 item 4)
+# ---------------------------------------------------------------------------------------------------------------
+def test_per_call_image_mean_and_std_override_the_statistics_for_that_call_only():
+    processor = STSwinMAEImageProcessor.from_preset("hls-burn-scars")
+    array = np.random.default_rng(0).uniform(0.0, 0.4, size=(2, 6, 5, 7)).astype(np.float32)
+    mean, std = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.5, 0.5, 1.0, 1.0, 2.0, 2.0]
+    reference = STSwinMAEImageProcessor(band_names=BANDS6, image_mean=mean, image_std=std, nodata_value=-9999.0)
+    own = processor(array)["pixel_values"]
+    out = processor(array, image_mean=mean, image_std=std)["pixel_values"]
+    np.testing.assert_array_equal(out, reference(array)["pixel_values"])
+    np.testing.assert_array_equal(processor(array)["pixel_values"], own)  # the processor itself is unchanged
+    # The statistics follow the processor's (selected) bands, not the input's order.
+    shuffled = [5, 0, 3, 1, 4, 2]
+    out = processor(array[:, shuffled], band_names=[BANDS6[i] for i in shuffled], image_mean=mean, image_std=std)
+    np.testing.assert_array_equal(out["pixel_values"], reference(array)["pixel_values"])
+    raw = processor(array, do_normalize=False, do_rescale=False)["pixel_values"]
+    np.testing.assert_array_equal(raw[0], array.transpose(1, 0, 2, 3))
+    with pytest.raises(ValueError, match=r"`image_mean` needs one value per band: expected 6 .* found 3"):
+        processor(array, image_mean=[0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"`image_std` needs one value per band: expected a list of 6"):
+        processor(array, image_std=2.0)
+    with pytest.raises(ValueError, match="`image_std` must be positive"):
+        processor(array, image_std=[1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+
+
+def test_input_data_format_channels_last_matches_channels_first():
+    from transformers.image_utils import ChannelDimension
+
+    processor = STSwinMAEImageProcessor.from_preset("hls-burn-scars")
+    rng = np.random.default_rng(1)
+    series = rng.uniform(0, 0.4, size=(3, 6, 5, 7)).astype(np.float32)  # (T, C, H, W)
+    expected = processor(series)["pixel_values"]
+    last = series.transpose(0, 2, 3, 1)  # (T, H, W, C)
+    np.testing.assert_array_equal(processor(last, input_data_format="channels_last")["pixel_values"], expected)
+    np.testing.assert_array_equal(processor(last, input_data_format=ChannelDimension.LAST)["pixel_values"], expected)
+    np.testing.assert_array_equal(
+        processor(torch.from_numpy(last), input_data_format="channels_last")["pixel_values"], expected
+    )
+    # One date (H, W, C), a list of dates [(H, W, C), ...] and a 5-D batch (B, T, H, W, C).
+    one = processor(series[0], input_data_format=ChannelDimension.FIRST)["pixel_values"]
+    np.testing.assert_array_equal(processor(last[0], input_data_format="channels_last")["pixel_values"], one)
+    np.testing.assert_array_equal(processor(list(last), input_data_format="channels_last")["pixel_values"], expected)
+    batch = np.stack([last, last[::-1]])
+    out = processor(batch, input_data_format="channels_last")["pixel_values"]
+    np.testing.assert_array_equal(out, processor(np.stack([series, series[::-1]]))["pixel_values"])
+
+
+def test_input_data_format_that_contradicts_the_shape_is_refused():
+    processor = STSwinMAEImageProcessor(band_names=BANDS6)
+    channels_last = np.zeros((2, 8, 9, 6), dtype=np.float32)
+    with pytest.raises(ValueError, match="looks channels_last: pass input_data_format='channels_last'"):
+        processor(channels_last)
+    with pytest.raises(ValueError, match="looks channels_first: pass input_data_format='channels_first'"):
+        processor(channels_last.transpose(0, 3, 1, 2), input_data_format="channels_last")
+    with pytest.raises(ValueError, match="input_data_format"):
+        processor(channels_last, input_data_format="last")
+    with pytest.raises(ValueError, match="data_format='channels_last' is not supported"):
+        processor(channels_last, input_data_format="channels_last", data_format="channels_last")
+
+
+def test_post_process_semantic_segmentation_returns_scores_like_transformers():
+    processor = STSwinMAEImageProcessor(band_names=BANDS6)
+    logits = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    valid = torch.ones(2, 1, 4, 4, dtype=torch.bool)
+    valid[0, :, 0, 0] = False
+    plain = processor.post_process_semantic_segmentation({"logits": logits}, valid_mask=valid)
+    scored = processor.post_process_semantic_segmentation({"logits": logits}, None, True, valid_mask=valid)
+    assert [type(s).__name__ for s in scored] == ["SemanticSegmentationPostProcessorOutput"] * 2
+    for item, classes, raw in zip(scored, plain, logits):
+        torch.testing.assert_close(item.segmentation, classes)
+        torch.testing.assert_close(item.segmentation_scores, raw)
+    assert scored[0].segmentation[0, 0] == -1
+    resized = processor.post_process_semantic_segmentation(
+        {"logits": logits}, target_sizes=[(8, 6), (2, 2)], return_segmentation_scores=True
+    )
+    assert resized[0].segmentation_scores.shape == (3, 8, 6) and resized[1].segmentation.shape == (2, 2)
+    torch.testing.assert_close(resized[0].segmentation, resized[0].segmentation_scores.argmax(0))
+    with pytest.raises(ValueError, match="must be a bool"):  # the old positional valid_mask
+        processor.post_process_semantic_segmentation({"logits": logits}, None, valid)
+
+
+def test_duplicate_input_band_names_are_refused():
+    processor = STSwinMAEImageProcessor(band_names=["B02", "B03"])
+    array = np.zeros((3, 4, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"Input band names must be unique, found \['B02'\] more than once"):
+        processor(array, band_names=["B02", "B03", "B02"])
+    with pytest.raises(ValueError, match=r"found \['B02', 'b2'\] more than once"):
+        processor(array, band_names=["b2", "B03", "B02"])

@@ -7,6 +7,7 @@ rasterio (for GeoTIFF paths) is imported inside the functions that read files.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -19,6 +20,11 @@ import torch
 import torch.nn.functional as F
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.processing_utils import ImagesKwargs
+
+try:  # transformers >= 5.x: the output class of `post_process_semantic_segmentation(return_segmentation_scores=True)`
+    from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+except ImportError:  # pragma: no cover - older transformers: plain BatchFeature items with the same keys
+    SemanticSegmentationPostProcessorOutput = BatchFeature
 
 # --------------------------------------------------------------------------------------------------------------------
 # Normalisation presets (per-band statistics keyed by band name; sources in datasets.md)
@@ -224,12 +230,21 @@ def _as_pair(value, name: str) -> tuple[int, int] | None:
 class _Sample:
     """One time series before normalisation: raw values (T, C, H, W), the input band names and per-date nodata."""
 
-    __slots__ = ("array", "band_names", "nodata")
+    __slots__ = ("array", "band_names", "nodata", "input_shape")
 
-    def __init__(self, array: np.ndarray, band_names: list[str] | None, nodata: list[float | None]):
+    def __init__(
+        self,
+        array: np.ndarray,
+        band_names: list[str] | None,
+        nodata: list[float | None],
+        input_shape: tuple[int, ...] | None = None,
+    ):
         self.array = array
         self.band_names = band_names
         self.nodata = nodata
+        # Shape of the array (or of one date's array) as the user passed it, before moving channels first; None for
+        # files, whose band axis rasterio fixes.
+        self.input_shape = input_shape
 
 
 def _is_path(obj) -> bool:
@@ -320,20 +335,56 @@ def _same_grid(reference: dict, other: dict, ref_path, other_path) -> None:
         )
 
 
-def _load_sample(item, frames_per_file: int) -> _Sample:
-    """One sample from a path, an array/tensor (C, H, W) or (T, C, H, W), or a list of per-date paths or arrays."""
+CHANNELS_FIRST = "channels_first"
+CHANNELS_LAST = "channels_last"
+
+
+def _data_format(value, name: str) -> str | None:
+    """`"channels_first"`, `"channels_last"` or None from a string or a `transformers.image_utils.ChannelDimension`."""
+    if value is None:
+        return None
+    text = getattr(value, "value", value)
+    if text not in (CHANNELS_FIRST, CHANNELS_LAST):
+        raise ValueError(f"`{name}` must be 'channels_first' or 'channels_last' (or a ChannelDimension), got {value!r}")
+    return text
+
+
+def _channels_first(array: np.ndarray, data_format: str | None) -> np.ndarray:
+    """(H, W, C) -> (C, H, W) and (T, H, W, C) -> (T, C, H, W) for channels-last input; a view, no copy."""
+    return np.moveaxis(array, -1, -3) if data_format == CHANNELS_LAST else array
+
+
+def _check_channel_axis(input_shape: tuple[int, ...], channels: int, expected: int, data_format: str | None) -> None:
+    """Refuse an array whose channel axis, as `data_format` places it, contradicts its shape: it does not hold the
+    `expected` number of bands while the other layout's channel axis would."""
+    if channels == expected or len(input_shape) < 3:
+        return
+    given = data_format or CHANNELS_FIRST
+    axis, other, other_axis = (-1, CHANNELS_FIRST, -3) if given == CHANNELS_LAST else (-3, CHANNELS_LAST, -1)
+    if input_shape[other_axis] == expected:
+        raise ValueError(
+            f"input_data_format={given!r} reads the channels from axis {len(input_shape) + axis} of the array of "
+            f"shape {input_shape} ({channels} channels), but {expected} bands are expected; the array looks "
+            f"{other}: pass input_data_format={other!r}"
+        )
+
+
+def _load_sample(item, frames_per_file: int, data_format: str | None = None) -> _Sample:
+    """One sample from a path, an array/tensor (C, H, W) or (T, C, H, W) (channels last: (H, W, C) or
+    (T, H, W, C) when `data_format="channels_last"`), or a list of per-date paths or arrays."""
     if _is_path(item):
         array, names, nodata, _ = _read_geotiff(item, frames_per_file)
         return _Sample(_check_dtype(array, f"{os.fspath(item)!r}"), names, [nodata] * array.shape[0])
     if _is_array(item):
         array = _check_dtype(_to_numpy(item), "input array")
+        input_shape = tuple(array.shape)
+        if array.ndim not in (3, 4):
+            layout = "(H, W, C) or (T, H, W, C)" if data_format == CHANNELS_LAST else "(C, H, W) or (T, C, H, W)"
+            raise ValueError(f"Expected one sample as {layout}, found an array of shape {input_shape}")
+        array = _channels_first(array, data_format)
         if array.ndim == 3:
             array = array[None]
-        if array.ndim != 4:
-            raise ValueError(
-                f"Expected one sample as (C, H, W) or (T, C, H, W), found an array of shape {tuple(array.shape)}"
-            )
-        return _Sample(array, None, [None] * array.shape[0])
+        return _Sample(array, None, [None] * array.shape[0], input_shape)
     if isinstance(item, (list, tuple)):
         if len(item) == 0:
             raise ValueError("Expected at least one date, found an empty list")
@@ -364,13 +415,15 @@ def _load_sample(item, frames_per_file: int) -> _Sample:
             arrays = [_check_dtype(_to_numpy(a), f"date {i}") for i, a in enumerate(item)]
             for i, a in enumerate(arrays):
                 if a.ndim != 3:
-                    raise ValueError(f"Expected each date as (C, H, W), found shape {tuple(a.shape)} for date {i}")
+                    layout = "(H, W, C)" if data_format == CHANNELS_LAST else "(C, H, W)"
+                    raise ValueError(f"Expected each date as {layout}, found shape {tuple(a.shape)} for date {i}")
                 if a.shape != arrays[0].shape:
                     raise ValueError(
                         f"Dates differ in shape: date {i} is {tuple(a.shape)}, expected {tuple(arrays[0].shape)}"
                     )
             dtype = np.result_type(*arrays)
-            return _Sample(np.stack([a.astype(dtype, copy=False) for a in arrays]), None, [None] * len(arrays))
+            stacked = np.stack([_channels_first(a, data_format).astype(dtype, copy=False) for a in arrays])
+            return _Sample(stacked, None, [None] * len(arrays), tuple(arrays[0].shape))
     raise ValueError(
         "Expected a path, an array (C, H, W) or (T, C, H, W), or a list of per-date paths or arrays, found "
         f"{type(item).__name__}"
@@ -495,15 +548,8 @@ class STSwinMAEImageProcessor(BaseImageProcessor):
         if not self.band_names or len(set(canonical)) != len(canonical):
             raise ValueError(f"`band_names` must be non-empty and unique, got {self.band_names}")
         num_bands = len(self.band_names)
-        self.image_mean = [0.0] * num_bands if image_mean is None else [float(v) for v in image_mean]
-        self.image_std = [1.0] * num_bands if image_std is None else [float(v) for v in image_std]
-        for name, values in (("image_mean", self.image_mean), ("image_std", self.image_std)):
-            if len(values) != num_bands:
-                raise ValueError(
-                    f"`{name}` needs one value per band: expected {num_bands} ({self.band_names}), found {len(values)}"
-                )
-        if any(not (s > 0 and math.isfinite(s)) for s in self.image_std):
-            raise ValueError(f"`image_std` must be positive and finite, got {self.image_std}")
+        self.image_mean = [0.0] * num_bands if image_mean is None else self._per_band("image_mean", image_mean)
+        self.image_std = [1.0] * num_bands if image_std is None else self._per_band("image_std", image_std)
         self.do_rescale = bool(do_rescale)
         self.rescale_factor = float(rescale_factor)
         self.do_normalize = bool(do_normalize)
@@ -558,6 +604,40 @@ class STSwinMAEImageProcessor(BaseImageProcessor):
 
     # ------------------------------------------------------------------------------------------------- helpers
 
+    def _per_band(self, name: str, values) -> list[float]:
+        """`values` as one float per band of `band_names` (no broadcasting); std positive, all finite."""
+        if np.isscalar(values) or (_is_array(values) and np.ndim(_to_numpy(values)) == 0):
+            raise ValueError(
+                f"`{name}` needs one value per band: expected a list of {len(self.band_names)} ({self.band_names}), "
+                f"found {values!r}"
+            )
+        values = [float(v) for v in (_to_numpy(values).ravel() if _is_array(values) else values)]
+        if len(values) != len(self.band_names):
+            raise ValueError(
+                f"`{name}` needs one value per band: expected {len(self.band_names)} ({self.band_names}), "
+                f"found {len(values)}"
+            )
+        if name == "image_std" and any(not (v > 0 and math.isfinite(v)) for v in values):
+            raise ValueError(f"`image_std` must be positive and finite, got {values}")
+        if any(not math.isfinite(v) for v in values):
+            raise ValueError(f"`{name}` must be finite, got {values}")
+        return values
+
+    def _with_overrides(self, **overrides) -> "STSwinMAEImageProcessor":
+        """A shallow copy with this call's settings (None keeps the processor's own), checked like `__init__`'s."""
+        settings = copy.copy(self)
+        for name in ("image_mean", "image_std"):
+            if overrides.get(name) is not None:
+                setattr(settings, name, self._per_band(name, overrides[name]))
+        for name in ("do_rescale", "do_normalize"):
+            if overrides.get(name) is not None:
+                setattr(settings, name, bool(overrides[name]))
+        if overrides.get("rescale_factor") is not None:
+            settings.rescale_factor = float(overrides["rescale_factor"])
+        if overrides.get("nodata_value") is not None:
+            settings.nodata_value = float(overrides["nodata_value"])
+        return settings
+
     def band_indices(self, input_band_names: Sequence[str] | None, num_channels: int) -> list[int]:
         """Indices into the input channels that give the model's bands, in the model's order.
 
@@ -581,9 +661,14 @@ class STSwinMAEImageProcessor(BaseImageProcessor):
                 f"`band_names` names {len(input_band_names)} channels {input_band_names}, but the input has "
                 f"{num_channels}"
             )
-        lookup = {}
-        for index, name in enumerate(input_band_names):
-            lookup.setdefault(canonical_band_name(name), index)
+        canonical = [canonical_band_name(name) for name in input_band_names]
+        repeated = [name for name, key in zip(input_band_names, canonical) if canonical.count(key) > 1]
+        if repeated:
+            raise ValueError(
+                f"Input band names must be unique, found {sorted(set(repeated))} more than once in {input_band_names} "
+                "(B2 and B02 are one band); a file holding several dates needs `frames_per_file`"
+            )
+        lookup = dict(zip(canonical, range(num_channels)))
         missing = [b for b in self.band_names if canonical_band_name(b) not in lookup]
         if missing:
             raise ValueError(
@@ -703,6 +788,13 @@ class STSwinMAEImageProcessor(BaseImageProcessor):
         crop_size=None,
         pad_size_divisor: int | None = None,
         return_tensors: str | None = None,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
+        do_normalize: bool | None = None,
+        input_data_format=None,
+        data_format=None,
         **kwargs,
     ) -> BatchFeature:
         """Turn images into `pixel_values` (B, C, T, H, W) float32 and `valid_mask` (B, T, H, W) bool.
@@ -715,9 +807,10 @@ class STSwinMAEImageProcessor(BaseImageProcessor):
                 list of samples ((T, C, H, W) arrays or lists of dates). All samples of a batch must end up with the
                 same T, H and W.
             band_names (`list[str]`, *optional*):
-                Names of the input channels, in input order. Bands are selected and reordered to the processor's
-                `band_names`; a missing band raises. Defaults to the GeoTIFF band descriptions when set; unnamed
-                input must already hold exactly the model's bands in order.
+                Names of the input channels, in input order; they must be unique (`B2` and `B02` are one band).
+                Bands are selected and reordered to the processor's `band_names`; a missing band raises. Defaults to
+                the GeoTIFF band descriptions when set; unnamed input must already hold exactly the model's bands in
+                order.
             nodata_value (`float`, *optional*):
                 Overrides `self.nodata_value` for this call.
             frames_per_file (`int`, *optional*, defaults to 1):
@@ -726,35 +819,56 @@ class STSwinMAEImageProcessor(BaseImageProcessor):
                 Override the processor's settings for this call.
             return_tensors (`str`, *optional*):
                 `"pt"` for torch tensors, `"np"` (or None) for numpy arrays.
+            image_mean, image_std (`list[float]`, *optional*):
+                Override the statistics for this call: one value per band of the processor's `band_names` (the
+                selected bands, in that order), in rescaled units; a scalar or another length raises.
+            do_rescale, rescale_factor, do_normalize (*optional*):
+                Override the processor's settings for this call.
+            input_data_format (`str` or `ChannelDimension`, *optional*):
+                Where the channel axis of array inputs is. `"channels_first"` (the default when None): a sample is
+                (C, H, W) or (T, C, H, W) and a 5-D batch is (B, T, C, H, W), i.e. the channel axis is the third from
+                the end. `"channels_last"`: a sample is (H, W, C) or (T, H, W, C) and a batch (B, T, H, W, C), i.e.
+                the channel axis is the last. The leading axes are always (B, T). GeoTIFF paths are read band-first
+                whatever this says. An array whose channel axis (for the given or default format) does not hold
+                the expected number of bands while the other layout would is refused, naming the right format.
+            data_format (`str` or `ChannelDimension`, *optional*):
+                The output layout, which is fixed to (B, C, T, H, W): only None or `"channels_first"` is accepted.
 
         Returns:
             `BatchFeature` with `pixel_values` (B, C, T, H, W) and `valid_mask` (B, T, H, W).
         """
-        unknown = set(kwargs) - {"data_format", "input_data_format", "device"}
+        unknown = set(kwargs) - {"device"}
         if unknown:
             raise ValueError(f"Unknown arguments {sorted(unknown)} for STSwinMAEImageProcessor.preprocess")
-        saved_nodata = self.nodata_value
-        if nodata_value is not None:
-            self.nodata_value = float(nodata_value)
-        try:
-            crop = _as_pair(crop_size if crop_size is not None else self.crop_size, "crop_size")
-            divisor = pad_size_divisor if pad_size_divisor is not None else self.pad_size_divisor
-            all_values, all_valid = [], []
-            for item in _split_batch(images):
-                sample = _load_sample(item, frames_per_file)
-                names = band_names if band_names is not None else self.usable_band_names(sample.band_names)
-                indices = self.band_indices(names, sample.array.shape[1])
-                values, valid = self.normalize_array(sample.array[:, indices], sample.nodata)
-                if crop is not None:
-                    values, valid = self._crop_or_pad(values, valid, crop)
-                if divisor:
-                    values, valid = self._pad_to_divisor(values, valid, int(divisor))
-                if not valid.any():
-                    warnings.warn("A sample holds no valid pixel (all nodata); its pixel_values are all fill_value")
-                all_values.append(values)
-                all_valid.append(valid)
-        finally:
-            self.nodata_value = saved_nodata
+        if _data_format(data_format, "data_format") == CHANNELS_LAST:
+            raise ValueError(
+                "data_format='channels_last' is not supported: pixel_values are always (B, C, T, H, W), as the model "
+                "expects; use input_data_format to describe the input's layout"
+            )
+        layout = _data_format(input_data_format, "input_data_format")
+        settings = self._with_overrides(
+            image_mean=image_mean, image_std=image_std, do_rescale=do_rescale, rescale_factor=rescale_factor,
+            do_normalize=do_normalize, nodata_value=nodata_value,
+        )
+        crop = _as_pair(crop_size if crop_size is not None else self.crop_size, "crop_size")
+        divisor = pad_size_divisor if pad_size_divisor is not None else self.pad_size_divisor
+        all_values, all_valid = [], []
+        for item in _split_batch(images):
+            sample = _load_sample(item, frames_per_file, layout)
+            names = band_names if band_names is not None else settings.usable_band_names(sample.band_names)
+            expected = len(names) if names is not None else len(settings.band_names)
+            if sample.input_shape is not None:
+                _check_channel_axis(sample.input_shape, sample.array.shape[1], expected, layout)
+            indices = settings.band_indices(names, sample.array.shape[1])
+            values, valid = settings.normalize_array(sample.array[:, indices], sample.nodata)
+            if crop is not None:
+                values, valid = settings._crop_or_pad(values, valid, crop)
+            if divisor:
+                values, valid = settings._pad_to_divisor(values, valid, int(divisor))
+            if not valid.any():
+                warnings.warn("A sample holds no valid pixel (all nodata); its pixel_values are all fill_value")
+            all_values.append(values)
+            all_valid.append(valid)
         shapes = {v.shape[1:] for v in all_values}
         if len(shapes) > 1:
             raise ValueError(
@@ -799,9 +913,16 @@ class STSwinMAEImageProcessor(BaseImageProcessor):
         return mask
 
     def post_process_semantic_segmentation(
-        self, outputs, target_sizes: Sequence[tuple[int, int]] | None = None, valid_mask=None, nodata_label: int = -1
-    ) -> list[torch.Tensor]:
-        """Class maps from the output of `STSwinUNetForSemanticSegmentation`.
+        self,
+        outputs,
+        target_sizes: Sequence[tuple[int, int]] | None = None,
+        return_segmentation_scores: bool = False,
+        *,
+        valid_mask=None,
+        nodata_label: int = -1,
+    ) -> list[torch.Tensor] | list[BatchFeature]:
+        """Class maps from the output of `STSwinUNetForSemanticSegmentation`; the signature of transformers 5.24's
+        semantic-segmentation processors (e.g. Segformer's), plus the nodata handling of this processor.
 
         Args:
             outputs (`SemanticSegmenterOutput` or dict with `logits` (B, num_labels, H, W)):
@@ -809,26 +930,41 @@ class STSwinMAEImageProcessor(BaseImageProcessor):
             target_sizes (`list[tuple[int, int]]`, *optional*):
                 Size (height, width) of each map; logits are resized bilinearly before the argmax. None keeps the
                 logits' size.
-            valid_mask (`torch.Tensor` (B, T, H, W), *optional*):
+            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
+                Whether to return the scores with each map: each item is then a
+                `SemanticSegmentationPostProcessorOutput` with `segmentation` (int64 (H, W), as without scores) and
+                `segmentation_scores` (the raw logits (num_labels, H, W), resized like the map; not masked).
+            valid_mask (`torch.Tensor` (B, T, H, W), *optional*, keyword only):
                 The processor's `valid_mask`; pixels valid in no date get `nodata_label`.
-            nodata_label (`int`, *optional*, defaults to -1):
+            nodata_label (`int`, *optional*, keyword only, defaults to -1):
                 Label of pixels without data.
 
         Returns:
-            `list[torch.Tensor]`: one int64 (H, W) class map per sample.
+            `list[torch.Tensor]`: one int64 (H, W) class map per sample; with `return_segmentation_scores=True`, a
+            list of `SemanticSegmentationPostProcessorOutput` instead.
         """
+        if not isinstance(return_segmentation_scores, (bool, np.bool_)):
+            raise ValueError(
+                "`return_segmentation_scores` must be a bool, found "
+                f"{type(return_segmentation_scores).__name__} (pass the valid mask as `valid_mask=`)"
+            )
         logits = self._logits(outputs)
         if target_sizes is not None and len(target_sizes) != logits.shape[0]:
             raise ValueError(f"Expected {logits.shape[0]} target sizes (one per sample), found {len(target_sizes)}")
-        maps = []
+        results = []
         for i in range(logits.shape[0]):
             item = self._resize(logits, target_sizes, i)
             classes = item.argmax(dim=0)
             no_data = self._no_data(valid_mask, i, classes.shape)
             if no_data is not None:
                 classes[no_data] = nodata_label
-            maps.append(classes)
-        return maps
+            if return_segmentation_scores:
+                results.append(
+                    SemanticSegmentationPostProcessorOutput(data={"segmentation": classes, "segmentation_scores": item})
+                )
+            else:
+                results.append(classes)
+        return results
 
     def post_process_regression(
         self, outputs, target_sizes: Sequence[tuple[int, int]] | None = None, valid_mask=None, nodata_value=float("nan")
