@@ -5,12 +5,13 @@ Examples::
     degas-hf finetune --task sen1floods11 --data sen1floods11/v1.1 --model degas-100m-pretrained --output-dir runs/flood
     degas-hf finetune --task phileo_building --data phileo/patches --model DIR --n-shot 100 --epochs 20
     degas-hf finetune --task generic --data my_fields --model DIR --band-names B02 B03 B04 B8A B11 B12 \\
-        --num-frames 3 --num-classes 5
+        --num-frames 3 --num-classes 5      (or --band-names B02,B03,B04,B8A,B11,B12)
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="pretrained model folder (or cached Hub id), or a preset name (degas-tiny, degas-100m) for random init")
     parser.add_argument("--output-dir", default="finetune_output", help="checkpoints, results.json, results.md and figures (default: %(default)s)")
     parser.add_argument("--model-name", help="name of the fine-tuned model in the results (default: <model>-<task>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run (results.json, model/) already in --output-dir")
 
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=float, default=10.0, help="default: %(default)s")
@@ -51,26 +53,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--no-check-labels", action="store_true", help="skip reading every label file before training")
     train.add_argument("--no-figures", action="store_true", help="skip the confusion-matrix and predictions figures")
     train.add_argument("--no-save-model", action="store_true", help="do not save the fine-tuned model")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model before training (degas_hf.training.compile)")
 
     data = parser.add_argument_group("dataset options")
-    data.add_argument("--bands", nargs="+", default=None, help="input bands (default: the model's config.band_names); other bands re-initialise the patch embedding")
+    data.add_argument("--bands", nargs="+", default=None, metavar="BAND", help="(space- or comma-separated) ""input bands (default: the model's config.band_names); other bands re-initialise the patch embedding")
     data.add_argument("--eval-split", default=None, help="evaluation split during training (default: the task's)")
     data.add_argument("--test-splits", nargs="+", default=None, help="splits evaluated after training (default: the task's, e.g. test bolivia)")
     data.add_argument("--modality", choices=["s1", "s2", "s1s2"], default=None, help="Sen1Floods11: S2Hand (default), S1Hand or both")
     data.add_argument("--n-shot", type=int, default=None, help="PhilEO: n training patches per region")
     data.add_argument("--regions", nargs="+", default=None, help="PhilEO: keep only these regions")
     data.add_argument("--target-scale", type=float, default=None, help="PhilEO regression: multiply the %% targets (default 0.01: fractions 0-1; 1 keeps %%)")
-    data.add_argument("--band-names", nargs="+", default=None, help="generic: band names of one date, in file order")
+    data.add_argument("--band-names", nargs="+", default=None, metavar="BAND",
+                      help="generic: band names of one date, in file order (space- or comma-separated: B02 B03 or B02,B03)")
     data.add_argument("--num-frames", type=int, default=None, help="generic: dates per image file (date-major)")
     data.add_argument("--num-classes", type=int, default=None, help="generic: number of classes")
     data.add_argument("--class-names", nargs="+", default=None, help="generic: class names")
     data.add_argument("--regression", action="store_true", help="generic: float targets")
-    data.add_argument("--label-suffix", default=None, help="generic: label file = <name><suffix>.tif")
+    data.add_argument("--label-suffix", default=None, help="generic: label file = <name><suffix>.tif (default: '' in labels/, '_label' beside <name>_input.tif)")
     data.add_argument("--dataset-kwargs", default=None, help="JSON object of further reader arguments")
 
 
+def split_band_names(values: list[str] | None) -> list[str] | None:
+    """`--band-names` as given: space-separated words, each of which may hold comma-separated names."""
+    if values is None:
+        return None
+    return [name.strip() for value in values for name in str(value).split(",") if name.strip()]
+
+
+def _check_generic_flags(args: argparse.Namespace) -> None:
+    """The generic task's flags, checked with messages that name them."""
+    if args.band_names is not None:
+        if not args.band_names:
+            raise ValueError("--band-names: no band name given")
+        duplicates = sorted({b for b in args.band_names if args.band_names.count(b) > 1})
+        if duplicates:
+            raise ValueError(f"--band-names: each band once, found {duplicates} more than once in {args.band_names}")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ValueError(f"--num-classes must be at least 1, found {args.num_classes}")
+    if args.num_frames is not None and args.num_frames < 1:
+        raise ValueError(f"--num-frames must be at least 1, found {args.num_frames}")
+    if args.num_classes is not None and args.regression:
+        raise ValueError("give --num-classes (classification) or --regression, not both")
+    if args.class_names is not None and args.num_classes is not None and len(args.class_names) != args.num_classes:
+        raise ValueError(f"--class-names gives {len(args.class_names)} names for --num-classes {args.num_classes}")
+
+
 def _dataset_kwargs(args: argparse.Namespace, task: str) -> dict:
-    kwargs = json.loads(args.dataset_kwargs) if args.dataset_kwargs else {}
+    try:
+        kwargs = json.loads(args.dataset_kwargs) if args.dataset_kwargs else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--dataset-kwargs: not a JSON object ({err})") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--dataset-kwargs: expected a JSON object, found {type(kwargs).__name__}")
+    args.band_names = split_band_names(args.band_names)
+    if task == "generic":
+        _check_generic_flags(args)
     options = {
         "modality": args.modality, "n_shot": args.n_shot, "regions": args.regions, "target_scale": args.target_scale,
         "band_names": args.band_names, "num_frames": args.num_frames, "num_classes": args.num_classes,
@@ -93,6 +130,8 @@ def _dataset_kwargs(args: argparse.Namespace, task: str) -> dict:
         kwargs[name] = value
     if task == "generic" and "band_names" not in kwargs:
         raise ValueError("task 'generic' needs --band-names (and --num-classes or --regression)")
+    if task == "generic" and "num_classes" not in kwargs and not kwargs.get("regression"):
+        raise ValueError("task 'generic' needs --num-classes N (classification) or --regression")
     return kwargs
 
 
@@ -105,12 +144,23 @@ def _class_weights(value: str | None):
         raise ValueError(f"--class-weights: expected 'auto', 'inverse', 'median' or comma-separated numbers, got {value!r}") from err
 
 
+def _say(message: str) -> None:
+    print(f"degas-hf finetune: {message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the command; a bad dataset or argument prints `error: ...` (naming the file) and returns 2."""
+    """Run the command; a bad dataset, argument, model folder or output folder prints one line
+    `degas-hf finetune: error: ...` (naming the flag or file) and returns 2."""
     try:
         return _run(args)
     except (ValueError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"degas-hf finetune: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as err:  # read-only folder, disk full, ... while training or writing
+        reason = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"degas-hf finetune: error: {reason}{where}", file=sys.stderr)
         return 2
 
 
@@ -118,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..training.finetune import FinetuneConfig, finetune, markdown_rows, resolve_task
 
     task = resolve_task(args.task)
+    args.bands = split_band_names(args.bands)
     save_strategy = args.save_strategy
     training_args = {}
     if save_strategy == "best":
@@ -157,9 +208,11 @@ def _run(args: argparse.Namespace) -> int:
         check_labels=not args.no_check_labels,
         figures=not args.no_figures,
         save_model=not args.no_save_model,
+        overwrite=args.overwrite,
+        compile=args.compile,
         training_args=training_args,
     )
-    results = finetune(config)
+    results = finetune(config, log=_say)
     print(markdown_rows(results), end="")
     print(f"results: {args.output_dir}/results.json, {args.output_dir}/results.md")
     return 0

@@ -29,10 +29,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import errno
 import json
 import logging
 import math
+import os
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -142,6 +145,8 @@ class FinetuneConfig:
         check_labels: read every label file before training and check its values.
         figures: write the confusion-matrix and predictions figures.
         num_figure_samples: samples in the predictions figure.
+        overwrite: replace the run (results, model) already in `output_dir`; without it such a folder is refused.
+        compile: run the model through `degas_hf.training.compile.compile_model` (torch.compile) before training.
         training_args: further `TrainingArguments` fields (override the defaults here).
     """
 
@@ -180,6 +185,8 @@ class FinetuneConfig:
     figures: bool = True
     num_figure_samples: int = 4
     save_model: bool = True
+    overwrite: bool = False
+    compile: bool = False
     training_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -197,7 +204,8 @@ class FinetuneConfig:
 # ----------------------------------------------------------------------------------------------------------------
 def finetune_argument_parser(description: str | None = None, output_dir: str = "finetune_output", crop_size: int | None = None) -> argparse.ArgumentParser:
     """A parser with the arguments every fine-tuning script shares: `--data`, `--model`, `--output-dir`,
-    `--epochs`, `--max-steps`, `--batch-size`, `--lr`, `--layer-decay`, `--freeze-encoder`, `--crop-size`.
+    `--epochs`, `--max-steps`, `--batch-size`, `--lr`, `--layer-decay`, `--freeze-encoder`, `--crop-size`,
+    `--overwrite`.
 
     Each argument's `dest` is a `FinetuneConfig` field (`--data` -> `data_dir`, `--epochs` -> `num_train_epochs`,
     ...), so `config_from_args(parser.parse_args(), task=...)` maps them. Add the task's own arguments to it.
@@ -218,6 +226,7 @@ def finetune_argument_parser(description: str | None = None, output_dir: str = "
     parser.add_argument("--layer-decay", metavar="FACTOR", type=float, default=None, help="layer-wise LR decay, e.g. 0.75")
     parser.add_argument("--freeze-encoder", action="store_true", help="train the decoder and head only")
     parser.add_argument("--crop-size", metavar="PX", type=int, default=crop_size, help="random training / centre evaluation crops (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run (results.json, model/) already in --output-dir")
     return parser
 
 
@@ -252,10 +261,75 @@ def load_base_config(model: str):
 
     if model in _presets():
         return STSwinMAEConfig.from_preset(model)
+    check_model_source(model)
     try:
         return AutoConfig.from_pretrained(model)
     except (OSError, ValueError) as err:
-        raise ValueError(f"Cannot load the model configuration from {model!r}: {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--model {model!r}: cannot load its configuration ({first})") from err
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def check_model_source(model: str) -> None:
+    """Refuse, in one line naming `--model`, a model that is neither a preset, a complete model folder with readable
+    safetensors weights, nor a Hub id of the form ORG/NAME: a missing path, a file, a folder without config.json,
+    a folder whose weights are missing, truncated or garbled, or one that holds only pickle weights (never loaded:
+    unpickling runs code)."""
+    path = Path(model)
+    if not path.exists():
+        if _HUB_ID.match(str(model)) and not str(model).startswith((".", "/")):
+            return  # a Hub id: transformers resolves it (from the cache when offline)
+        raise ValueError(
+            f"--model {model!r}: no such folder (expected a saved model folder, a cached Hub id ORG/NAME, or a "
+            f"preset: {', '.join(sorted(_presets()))})"
+        )
+    if not path.is_dir():
+        raise ValueError(f"--model {model!r}: expected a model folder, found a file")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--model {model!r}: the folder has no config.json (expected a folder written by save_pretrained)")
+    check_safetensors_weights(path, what=f"--model {model!r}")
+
+
+def check_safetensors_weights(folder: str | Path, what: str | None = None) -> list[Path]:
+    """The safetensors weight files of a model folder, each opened and its header read; raises a ValueError (one
+    line) when they are missing, truncated, garbled, or when the folder only holds pickle weights."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    what = what or str(folder)
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{what}: {index.name} is not a valid weights index ({err})") from None
+        files = [folder / n for n in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ValueError(f"{what}: weight shards {missing} listed in {index.name} are missing")
+    else:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in _PICKLE_WEIGHTS)
+        if pickles:
+            raise ValueError(
+                f"{what}: the folder holds only pickle weights ({', '.join(pickles)}); degas-hf loads safetensors "
+                "only (unpickling can run code): convert them with save_pretrained(safe_serialization=True)"
+            )
+        raise ValueError(f"{what}: no model.safetensors (nor model.safetensors.index.json) in the folder")
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                keys = list(weights.keys())  # opening checks the header and that the data fits the file
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types for a damaged file
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{what}: {file.name} is not a readable safetensors file (truncated or corrupted: {reason})") from None
+        if not keys:
+            raise ValueError(f"{what}: {file.name} holds no tensors")
+    return files
 
 
 def task_config_overrides(info: TaskInfo, bands: Sequence[str] | None = None) -> dict[str, Any]:
@@ -290,7 +364,7 @@ def load_model_for_task(model: str, info: TaskInfo, bands: Sequence[str] | None 
     overrides = {**task_config_overrides(info, bands), **config_overrides}
     if model in _presets():
         return STSwinUNetForSemanticSegmentation(STSwinMAEConfig.from_preset(model, **overrides))
-    loaded = AutoModelForSemanticSegmentation.from_pretrained(model, ignore_mismatched_sizes=True, **overrides)
+    loaded = AutoModelForSemanticSegmentation.from_pretrained(model, ignore_mismatched_sizes=True, use_safetensors=True, **overrides)
     pretrained_bands = list(AutoConfig.from_pretrained(model).band_names)
     if bands is not None and list(bands) != pretrained_bands:
         select_patch_embedding_bands(loaded, model, pretrained_bands)
@@ -522,10 +596,143 @@ def _resolve_class_weights(config: FinetuneConfig, info: TaskInfo, label_stats) 
 # ----------------------------------------------------------------------------------------------------------------
 # Run
 # ----------------------------------------------------------------------------------------------------------------
-def finetune(config: FinetuneConfig) -> dict:
-    """Fine-tune, evaluate and write results; returns the results dictionary (the content of `results.json`)."""
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+def check_output_dir(output_dir: str | Path, overwrite: bool = False) -> Path:
+    """Create `output_dir` and make sure it can be written; refuse a folder that holds a run (`results.json`,
+    `model/`) unless `overwrite`. Raises a one-line ValueError."""
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output-dir {str(output_dir)!r} is a file, not a folder")
+    held = [name for name in ("results.json", "model") if (output_dir / name).exists()]
+    if held and not overwrite:
+        raise ValueError(
+            f"--output-dir {str(output_dir)!r} already holds a fine-tuning run ({', '.join(held)}); pass --overwrite "
+            "to replace it, or choose another folder"
+        )
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".degas-write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"--output-dir {str(output_dir)!r} cannot be written: {_os_reason(err)}") from None
+    return output_dir
+
+
+def _os_reason(err: OSError) -> str:
+    if err.errno == errno.ENOSPC:
+        return "no space left on device"
+    return err.strerror or str(err)
+
+
+def default_model_name(model: str, task: str) -> str:
+    """`<model>-<task>`, where a folder with a generic name (`model`, `final`, `export`, `checkpoint-*`) is named
+    after its parent (`degas-demo/model` -> `degas-demo-<task>`)."""
+    path = Path(str(model).rstrip("/"))
+    name = path.name
+    if re.fullmatch(r"(model|final|export|pretrained|checkpoint[-_]?\d*|\.)", name, flags=re.I) and path.resolve().parent.name:
+        name = path.resolve().parent.name
+    return f"{name}-{task}"
+
+
+def pretrained_processor(model: str):
+    """The image processor saved with a model folder (or cached Hub id), or None for a preset or a folder without
+    `preprocessor_config.json`."""
+    if model in _presets():
+        return None
+    from transformers.utils import cached_file
+
+    from ..models.st_swin_mae.image_processing_st_swin_mae import STSwinMAEImageProcessor
+
+    found = cached_file(model, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    if not found:
+        return None
+    return STSwinMAEImageProcessor.from_pretrained(str(Path(found).parent))
+
+
+def task_processor(train_dataset, bands: Sequence[str], inherited_from=None, source: str = "", log=None):
+    """The image processor of a generic fine-tuning run (saved with the model, used by predict).
+
+    Bands the pretrained processor (`inherited_from`) knows keep its statistics, rescale factor and nodata value, so
+    the encoder sees inputs normalised as in pretraining; the others get a mean and standard deviation estimated on
+    the training split (`train_dataset.estimate_band_stats`). Says which it did through `log`. Returns
+    `(processor, summary)`."""
+    from ..models.st_swin_mae.image_processing_st_swin_mae import STSwinMAEImageProcessor, canonical_band_name
+
+    log = log or logger.warning
+    bands = list(bands)
+    user_stats = dict(getattr(train_dataset, "band_stats", {}) or {})
+    estimated = train_dataset.estimate_band_stats(bands)
+    known = {}
+    if inherited_from is not None:
+        known = {canonical_band_name(b): (m, s) for b, m, s in
+                 zip(inherited_from.band_names, inherited_from.image_mean, inherited_from.image_std)}
+    scale = float(inherited_from.rescale_factor) if inherited_from is not None and inherited_from.do_rescale else 1.0
+    means, stds, inherited, from_data, given = [], [], [], [], []
+    for band in bands:
+        key = canonical_band_name(band)
+        if band in user_stats:
+            mean, std = (float(v) * scale for v in user_stats[band])
+            given.append(band)
+        elif key in known:
+            mean, std = known[key]
+            inherited.append(band)
+            data_mean = estimated[band][0] * scale
+            if abs(data_mean - mean) > 5 * std:
+                log(f"warning: band {band}: the training images' mean {estimated[band][0]:.4g} is "
+                    f"{abs(data_mean - mean) / std:.0f} pretraining standard deviations from the pretrained mean; "
+                    "are the images in the units the model was pretrained on?")
+        else:
+            mean, std = (v * scale for v in estimated[band])
+            from_data.append(band)
+        means.append(float(mean)), stds.append(float(std))
+    processor = STSwinMAEImageProcessor(
+        band_names=bands, image_mean=means, image_std=stds,
+        do_rescale=inherited_from.do_rescale if inherited_from is not None else False,
+        rescale_factor=inherited_from.rescale_factor if inherited_from is not None else 1.0,
+        nodata_value=inherited_from.nodata_value if inherited_from is not None else None,
+        fill_value=inherited_from.fill_value if inherited_from is not None else 0.0,
+        preset=inherited_from.preset if inherited_from is not None and not from_data and not given else None,
+    )
+    parts = []
+    if inherited:
+        parts.append(f"inherited from {source} for {inherited}")
+    if from_data:
+        parts.append(f"estimated from {len(train_dataset)} training images for {from_data}")
+    if given:
+        parts.append(f"given (band_stats) for {given}")
+    log("normalisation: " + "; ".join(parts) + " (saved in the model's preprocessor_config.json)")
+    return processor, {"inherited": inherited, "estimated": from_data, "given": given, "source": source or None}
+
+
+def _save_model_folder(model, processor, final: Path) -> None:
+    """Write the Hub-ready folder (weights, config with `custom_pipelines`, processor, code) to a temporary
+    sibling and swap it in, so a failure (disk full) never leaves a half-written model and keeps the previous one."""
+    from ..hub.folder import prepare_hub_folder
+
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        prepare_hub_folder(model, processor, tmp)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise ValueError(f"cannot write the model to {final}: {_os_reason(err)}"
+                         + ("; the previous model is kept" if final.exists() else "")) from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def finetune(config: FinetuneConfig, log=None) -> dict:
+    """Fine-tune, evaluate and write results; returns the results dictionary (the content of `results.json`).
+
+    `log` (default: this module's logger, warning level) receives the one-line notes a user should see: the
+    normalisation used, an automatic train/held-out split."""
+    log = log or logger.warning
+    output_dir = check_output_dir(config.output_dir, config.overwrite)
     torch.manual_seed(config.seed)
 
     base_config = load_base_config(config.model)
@@ -538,6 +745,18 @@ def finetune(config: FinetuneConfig) -> dict:
         if split != "train":
             _subset(dataset, config.max_eval_samples)
     info = train_dataset.info
+
+    normalization = None
+    if config.task == "generic":
+        source = pretrained_processor(config.model)
+        processor, normalization = task_processor(train_dataset, bands, source, str(config.model), log=log)
+        for dataset in datasets.values():
+            dataset.processor = processor
+    automatic_split = getattr(train_dataset, "automatic_split", None)
+    if automatic_split:
+        log(f"no split files in {config.data_dir}: trained on {automatic_split['train']} images, evaluated on "
+            f"{len(automatic_split['held_out'])} held out with seed {automatic_split['seed']} "
+            f"({', '.join(automatic_split['held_out'][:5])}{' ...' if len(automatic_split['held_out']) > 5 else ''})")
 
     label_stats = None
     if config.check_labels:
@@ -560,6 +779,11 @@ def finetune(config: FinetuneConfig) -> dict:
     if config.layer_decay not in (None, 1.0) or config.freeze_encoder or config.lora_rank:
         target = model.base_model.model if config.lora_rank else model
         optimizer = build_optimizer(target, config.learning_rate, config.weight_decay, config.layer_decay if config.layer_decay != 1.0 else None)
+    trained_model = model
+    if config.compile:
+        from .compile import compile_model  # lazily: torch.compile is only touched when asked for
+
+        trained_model = compile_model(model)
 
     training_args = dict(
         num_train_epochs=config.num_train_epochs,
@@ -578,7 +802,7 @@ def finetune(config: FinetuneConfig) -> dict:
     )
     training_args.update(config.training_args)
     trainer = build_trainer(
-        model, info, train_dataset, datasets[eval_split], str(output_dir / "checkpoints"),
+        trained_model, info, train_dataset, datasets[eval_split], str(output_dir / "checkpoints"),
         optimizer=optimizer, class_weights=class_weights, **training_args,
     )
     start = time.perf_counter()
@@ -594,17 +818,18 @@ def finetune(config: FinetuneConfig) -> dict:
         if isinstance(trainer.compute_metrics, SegmentationMetrics):
             confusion[split] = trainer.compute_metrics.last_confusion_matrix
 
-    model_name = config.model_name or f"{Path(str(config.model).rstrip('/')).name}-{config.task}"
-    if config.save_model:
-        final = output_dir / "model"
-        trainer.save_model(str(final))
-        if datasets["train"].processor is not None and hasattr(datasets["train"].processor, "save_pretrained"):
-            datasets["train"].processor.save_pretrained(str(final))
-
+    model_name = config.model_name or default_model_name(config.model, config.task)
     figures = {}
     if config.figures:
         figure_split = next((s for s in (spec.test_splits[0] if spec.test_splits else None, eval_split) if s in datasets), eval_split)
         figures = write_figures(trainer.model, datasets[figure_split], info, output_dir, figure_split, confusion.get(figure_split), config.num_figure_samples)
+
+    if config.save_model:
+        processor = datasets["train"].processor
+        if processor is None or not hasattr(processor, "save_pretrained"):
+            raise ValueError("the task's reader has no image processor to save with the model")
+        to_save = model.merge_and_unload() if config.lora_rank else model
+        _save_model_folder(to_save.eval(), processor, output_dir / "model")
 
     results = build_results(
         info=info, model_name=model_name, base_model=str(config.model), evaluations=evaluations, confusion=confusion,
@@ -631,6 +856,8 @@ def finetune(config: FinetuneConfig) -> dict:
             "total_parameters": int(total_parameters),
             "trainable_parameters": int(trainable_parameters),
             "dataset_kwargs": {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v)) for k, v in config.dataset_kwargs.items()},
+            "normalization": normalization,
+            "automatic_split": automatic_split,
         },
         figures=figures,
     )
@@ -716,12 +943,19 @@ def markdown_rows(results: dict, header: bool = True) -> str:
 
 
 def write_results(results: dict, output_dir: str | Path) -> tuple[Path, Path]:
-    """Write `results.json` and `results.md` into `output_dir`; returns both paths."""
+    """Write `results.json` and `results.md` into `output_dir` (each to a temporary name, then renamed); returns
+    both paths."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = output_dir / "results.json", output_dir / "results.md"
-    json_path.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    md_path.write_text(markdown_rows(results))
+    for path, text in ((json_path, json.dumps(results, indent=2, allow_nan=False) + "\n"), (md_path, markdown_rows(results))):
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"cannot write {path}: {_os_reason(err)}") from None
     return json_path, md_path
 
 
@@ -833,6 +1067,12 @@ __all__ = [
     "build_task_datasets",
     "build_trainer",
     "finetune",
+    "check_output_dir",
+    "check_model_source",
+    "check_safetensors_weights",
+    "default_model_name",
+    "pretrained_processor",
+    "task_processor",
     "build_results",
     "markdown_rows",
     "write_results",
