@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "demo": ("degas_hf.commands.demo", "Pretrain the tiny model on bundled Sentinel-2 imagery, then predict (the main job)."),
     "pretrain": ("degas_hf.commands.pretrain", "Masked-autoencoder pretraining with Accelerate (DDP, FSDP, resumable)."),
+    "prepare-ssl4eo": ("degas_hf.commands.prepare_ssl4eo", "Prepare SSL4EO-S12 once into fast tar shards for pretraining."),
     "finetune": ("degas_hf.commands.finetune", "Fine-tune ST-SwinUNet on a downstream task with Trainer."),
     "predict": ("degas_hf.commands.predict", "Sliding-window prediction over GeoTIFF scenes, written as a GeoTIFF."),
     "publish": ("degas_hf.commands.publish", "Validate a model folder, render its card and upload it to the Hub."),
