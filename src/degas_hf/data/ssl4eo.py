@@ -21,6 +21,7 @@ Missing bands or seasons, empty folders and unreadable files raise :class:`DataE
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -36,7 +37,7 @@ from degas_hf.data.timeseries_folder import (
     parse_date,
 )
 
-__all__ = ["SSL4EOS12Dataset", "SSL4EOS12ZarrDataset", "SSL4EO_BANDS", "SSL4EO_ZARR_DN_OFFSET", "DataError"]
+__all__ = ["SSL4EOS12Dataset", "SSL4EOS12ZarrDataset", "find_zarr_files", "BAND_RESOLUTION_M", "SSL4EO_BANDS", "SSL4EO_ZARR_DN_OFFSET", "DataError"]
 
 SSL4EO_BANDS = {
     "s2c": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"),
@@ -50,6 +51,8 @@ DEFAULT_BANDS = {"s2a": ("B02", "B03", "B04", "B8A", "B11", "B12"), "s2c": ("B02
 # v1.1 zarr-chunk files store S2 with +1000 added to the digital numbers (datasets.md, zarr_dataset.py);
 # the WebDataset release removed it.
 SSL4EO_ZARR_DN_OFFSET = 1000
+# Native ground sampling distance of each band (Sentinel-2 MSI; S1 GRD is delivered at 10 m).
+BAND_RESOLUTION_M = {"B01": 60, "B09": 60, "B10": 60, "B05": 20, "B06": 20, "B07": 20, "B8A": 20, "B11": 20, "B12": 20}
 
 
 def _modality(name: str) -> str:
@@ -74,21 +77,31 @@ class SSL4EOS12Dataset(RasterSampleDataset):
             locations, quick above; "none" checks at read time only.
         location_ids: restrict to these location folders (e.g. a split list).
         nodata: nodata value of the files (default 0 for S2, NaN for S1).
+        grid_size: side of the sample grid in pixels; default: the 10 m grid (264 px), whichever bands are selected.
+        output: "normalized" (`pixel_values`, `valid_mask`) or "raw" (`raw_values` in the files' dtype, for
+            :class:`~degas_hf.data.timeseries_folder.DeviceNormalizer`).
     """
+
+    supports_raw = True
 
     def __init__(self, root: str | os.PathLike, modality: str = "s2a", band_names: Sequence[str] | None = None,
                  num_seasons: int = 4, crop_size: int | None = 224, processor=None, random_crop: bool = True,
                  seed: int = 0, validate: str = "auto", location_ids: Sequence[str] | None = None,
-                 nodata: float | None = None, samples_per_location: int = 1):
+                 nodata: float | None = None, samples_per_location: int = 1, grid_size: int | None = None,
+                 output: str = "normalized"):
         self.modality = _modality(modality)
         band_names = DEFAULT_BANDS[self.modality] if band_names is None else band_names
-        super().__init__(band_names, crop_size, processor, random_crop, seed, samples_per_location)
+        super().__init__(band_names, crop_size, processor, random_crop, seed, samples_per_location, output=output)
+        if grid_size is not None and (isinstance(grid_size, bool) or int(grid_size) < 1):
+            raise DataError(f"grid_size must be a positive number of pixels, got {grid_size!r}")
+        self.grid_size = None if grid_size is None else (int(grid_size), int(grid_size))
         unknown = [b for b in self.band_names if b not in SSL4EO_BANDS[self.modality]]
         if unknown:
             raise DataError(f"band(s) {unknown} do not exist in SSL4EO-S12 {self.modality} "
                             f"(bands: {list(SSL4EO_BANDS[self.modality])})")
         self.num_seasons = int(num_seasons)
         self.nodata = (np.nan if self.modality == "s1" else 0) if nodata is None else nodata
+        self.raw_nodata = None if isinstance(self.nodata, float) and np.isnan(self.nodata) else self.nodata
         root = Path(root)
         folder = root / self.modality if (root / self.modality).is_dir() else root
         if not folder.is_dir():
@@ -158,38 +171,113 @@ class SSL4EOS12Dataset(RasterSampleDataset):
         return str(self.folder / self.locations[item])
 
     def item_shape(self, item: int) -> tuple[int, int]:
-        """Grid of the finest selected band (e.g. 264 x 264), from the first season's headers (cached)."""
+        """The sample grid: `grid_size` when given, else the 10 m grid (264 x 264 px for the release), derived from
+        the first season's headers and each band's native resolution (cached)."""
+        if self.grid_size is not None:
+            return self.grid_size
         cache = self.__dict__.setdefault("_shapes", {})
         if item not in cache:
-            h = w = 0
-            for p in self._seasons(item)[0].values():
-                with _open(p) as src:
-                    h, w = max(h, src.height), max(w, src.width)
-            cache[item] = (h, w)
+            # the finest selected band sets the grid, scaled to 10 m (a 20 m band of 132 px -> 264 px)
+            band = min(self.band_names, key=lambda b: BAND_RESOLUTION_M.get(b, 10))
+            factor = BAND_RESOLUTION_M.get(band, 10) / 10
+            with _open(self._seasons(item)[0][band]) as src:
+                cache[item] = (int(round(src.height * factor)), int(round(src.width * factor)))
         return cache[item]
 
-    def read_item(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int]) -> np.ndarray:
+    def read_item_raw(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int]) -> np.ndarray:
+        """`(T, C, h, w)` in the files' dtype (uint16 DN for S2), window `(row, col, h, w)` of the sample grid.
+
+        Each band file is read through a window of its own grid (fractional for 20 / 60 m bands) resampled to the
+        window's size, which gives exactly the pixels of a bilinear resampling of the whole band followed by the
+        crop (GDAL's floating-point source windows), at a fraction of the cost."""
+        import rasterio
         from rasterio.enums import Resampling
+        from rasterio.windows import Window
 
         r0, c0, h, w = window
-        full_h, full_w = self.item_shape(item)
-        frames = []
-        for paths in self._seasons(item):
-            bands = []
-            for b in self.band_names:
-                p = paths[b]
-                with _open(p) as src:
-                    try:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore")
-                            arr = src.read(1, out_shape=(full_h, full_w), resampling=Resampling.bilinear
-                                           if (src.height, src.width) != (full_h, full_w) else Resampling.nearest)
-                    except Exception as err:  # noqa: BLE001
-                        raise DataError(f"cannot read {p}: {err}") from err
-                    nodata = src.nodata if src.nodata is not None else self.nodata
-                bands.append(_to_float_with_nan(arr[r0:r0 + h, c0:c0 + w], nodata))
-            frames.append(np.stack(bands))
-        return np.stack(frames)
+        grid_h, grid_w = self.item_shape(item)
+        seasons = self._seasons(item)
+        out = None
+        # one GDAL environment per sample (not per file); no directory listing on open (no sidecar files here)
+        with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for t, paths in enumerate(seasons):
+                for c, b in enumerate(self.band_names):
+                    p = paths[b]
+                    with _open(p) as src:
+                        if out is None:
+                            out = np.empty((len(seasons), len(self.band_names), h, w), dtype=src.dtypes[0])
+                        fy, fx = src.height / grid_h, src.width / grid_w
+                        try:
+                            if (src.height, src.width) == (grid_h, grid_w):
+                                src.read(1, window=Window(c0, r0, w, h), out=out[t, c])
+                            else:
+                                src.read(1, window=Window(c0 * fx, r0 * fy, w * fx, h * fy), out=out[t, c],
+                                         resampling=Resampling.bilinear)
+                        except Exception as err:  # noqa: BLE001
+                            raise DataError(f"cannot read {p}: {err}") from err
+                        if src.nodata is not None and self.raw_nodata is not None and src.nodata != self.raw_nodata:
+                            band = out[t, c]
+                            band[band == src.nodata] = self.raw_nodata
+        return out
+
+
+ZARR_PRODUCTS = {"s2a": "S2L2A", "s2c": "S2L1C", "s1": "S1GRD"}
+_KNOWN_PRODUCTS = ("S1GRD", "S2L1C", "S2L2A", "S2RGB", "DEM", "NDVI", "LULC")
+_SPLIT_RE = re.compile(r"ssl4eos12_(train|val|test)_", re.IGNORECASE)
+
+
+def _zarr_file_kind(path: Path, root: Path) -> tuple[str | None, str | None]:
+    """(product, split) of a v1.1 file from its path `{split}/{product}/ssl4eos12_{split}_...zarr.zip` (None when
+    the path does not say)."""
+    parts = [q.upper() for q in path.relative_to(root).parts[:-1]] + [q.upper() for q in root.parts[-2:]]
+    product = next((q for q in parts if q in _KNOWN_PRODUCTS), None)
+    m = _SPLIT_RE.search(path.name)
+    split = m.group(1).lower() if m else next((q.lower() for q in parts if q.lower() in ("train", "val", "test")), None)
+    return product, split
+
+
+def find_zarr_files(root: str | os.PathLike, modality: str = "s2a", split: str | None = None) -> list[str]:
+    """The `*.zarr.zip` files of ONE product and ONE split under `root` (a file, a product folder, a split folder
+    or the release root `{train,val}/{S1GRD,S2L1C,S2L2A,S2RGB}/`).
+
+    Files of other products are ignored when the folder structure names the product (the root of the release
+    holds all of them); a folder that still mixes products or splits (e.g. the root without `split`, or `val/`
+    files copied into a training folder) is refused with an error naming what it found."""
+    root = Path(root)
+    if root.is_file():
+        return [str(root)]
+    if not root.is_dir():
+        raise DataError(f"SSL4EO-S12 v1.1 zarr folder {root} does not exist")
+    files = sorted(root.rglob("*.zarr.zip"))
+    if not files:
+        raise DataError(f"{root} holds no *.zarr.zip files (expected the SSL4EO-S12 v1.1 zarr chunks, "
+                        "{train,val}/{S2L2A,S2L1C,S1GRD}/ssl4eos12_*.zarr.zip)")
+    product = ZARR_PRODUCTS[_modality(modality)]
+    kinds = {f: _zarr_file_kind(f, root) for f in files}
+    products = sorted({k[0] or "?" for k in kinds.values()})
+    chosen = [f for f in files if kinds[f][0] in (product, None)]
+    if not chosen:
+        raise DataError(f"{root} holds no {product} files for modality {modality!r}; it holds {', '.join(products)}")
+    if any(kinds[f][0] is None for f in chosen) and len({k[0] for k in kinds.values()} - {None}) > 0:
+        unnamed = [f for f in chosen if kinds[f][0] is None]
+        raise DataError(f"{root} mixes files whose product is known ({', '.join(p for p in products if p != '?')}) "
+                        f"with {len(unnamed)} whose path names no product (e.g. {unnamed[0]}); point data.root at one "
+                        "product folder")
+    if split is not None:
+        split = {"validation": "val", "valid": "val"}.get(str(split).lower(), str(split).lower())
+        chosen = [f for f in chosen if kinds[f][1] in (split, None)]
+        if not chosen:
+            found = sorted({kinds[f][1] or "?" for f in files})
+            raise DataError(f"{root} holds no {product} files of split {split!r}; splits found: {', '.join(found)}")
+    splits = {}
+    for f in chosen:
+        splits.setdefault(kinds[f][1] or "?", []).append(f)
+    if len(splits) > 1:
+        counts = ", ".join(f"{k}: {len(v)} file(s)" for k, v in sorted(splits.items()))
+        raise DataError(f"{root} mixes splits ({counts}) of {product}; choose one with data.split (split=) or point "
+                        "data.root at one split folder")
+    return [str(f) for f in chosen]
 
 
 class SSL4EOS12ZarrDataset(RasterSampleDataset):
@@ -200,15 +288,21 @@ class SSL4EOS12ZarrDataset(RasterSampleDataset):
     zarr 2). Variable `bands` has dims `(sample, time=4, band, y=264, x=264)`, S2 as int16, with the band names in
     the `band` coordinate (`B01 .. B12`; S1: `vv`, `vh`).
 
+    `paths` is one file, a list of files, or a folder: the folder must give one product (the modality's:
+    `S2L2A`, `S2L1C`, `S1GRD`) and one split (`split`, or a folder holding one); see :func:`find_zarr_files`.
+
     The zarr-chunk release stores S2 digital numbers **+1000** (datasets.md); `dn_offset` (default 1000 for S2)
     is subtracted, so values match the raw GeoTIFFs and the processor's v1.0 statistics (or use the processor's
     `ssl4eo-s12-v1.1-*` presets, which are the v1.1 statistics without the offset). A stored 0 (the fill value,
     below every offset-shifted valid value) is nodata. Use `dn_offset=0` for the WebDataset release or S1.
     """
 
+    supports_raw = True
+
     def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike], band_names: Sequence[str] | None = None,
                  modality: str = "S2L2A", crop_size: int | None = 224, processor=None, random_crop: bool = True,
-                 seed: int = 0, dn_offset: int | None = None, samples_per_file: int | None = None):
+                 seed: int = 0, dn_offset: int | None = None, samples_per_file: int | None = None,
+                 split: str | None = None, samples_per_item: int = 1, output: str = "normalized"):
         try:
             import zarr  # noqa: F401
         except ImportError as err:
@@ -216,17 +310,12 @@ class SSL4EOS12ZarrDataset(RasterSampleDataset):
                               "(zarr==2.18.0, numcodecs<0.16)") from err
         mod = _modality(modality)
         band_names = DEFAULT_BANDS[mod] if band_names is None else band_names
-        super().__init__(band_names, crop_size, processor, random_crop, seed, 1)
+        super().__init__(band_names, crop_size, processor, random_crop, seed, samples_per_item, output=output)
         self.modality = mod
         self.dn_offset = (SSL4EO_ZARR_DN_OFFSET if mod != "s1" else 0) if dn_offset is None else int(dn_offset)
+        self.raw_nodata = None if mod == "s1" else 0
         if isinstance(paths, (str, os.PathLike)):
-            p = Path(paths)
-            if p.is_dir():
-                files = sorted(str(f) for f in p.rglob("*.zarr.zip"))
-                if not files:
-                    raise DataError(f"{p} holds no *.zarr.zip files")
-            else:
-                files = [str(p)]
+            files = find_zarr_files(paths, mod, split)
         else:
             files = [str(f) for f in paths]
         self.files = files
@@ -260,6 +349,11 @@ class SSL4EOS12ZarrDataset(RasterSampleDataset):
                 raise DataError(f"cannot read zarr file {path}: {err}") from err
             if bands.ndim != 5:
                 raise DataError(f"{path}: 'bands' has shape {bands.shape}, expected (sample, time, band, y, x)")
+            # L1C has B10 (cirrus), L2A does not: a file of the other product is refused, never mixed in
+            if self.modality in ("s2a", "s2c") and ("B10" in names) != (self.modality == "s2c"):
+                other = "S2L1C" if "B10" in names else "S2L2A"
+                raise DataError(f"{path} is an {other} file (bands {names}), expected {ZARR_PRODUCTS[self.modality]} "
+                                f"for modality {self.modality!r}")
             missing = [b for b in self.band_names if b not in names]
             if missing:
                 raise DataError(f"{path}: missing band(s) {missing}; the file has {names}")
@@ -276,18 +370,17 @@ class SSL4EOS12ZarrDataset(RasterSampleDataset):
     def item_shape(self, item: int) -> tuple[int, int]:
         return self._open_file(self._index[item][0])[2]
 
-    def read_item(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int]) -> np.ndarray:
+    def read_item_raw(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int]) -> np.ndarray:
+        """`(time, band, h, w)` as stored (S2: int16 with the +`dn_offset`, 0 = fill)."""
         fi, s = self._index[item]
         r0, c0, h, w = window
         bands, channels, _ = self._open_file(fi)
         try:
-            arr = bands[s, :, :, r0:r0 + h, c0:c0 + w][:, channels]  # (time, band, y, x)
+            arr = bands[s, :, :, r0:r0 + h, c0:c0 + w]  # (time, band, y, x)
         except Exception as err:  # noqa: BLE001
             raise DataError(f"cannot read {self.describe_item(item)}: {err}") from err
-        out = arr.astype(np.float32)
+        if channels != list(range(arr.shape[1])):
+            arr = arr[:, channels]
         if self.modality == "s1":
-            out[~np.isfinite(out)] = np.nan
-        else:
-            out[arr == 0] = np.nan
-            out -= self.dn_offset
-        return out
+            arr = arr.astype(np.float32)  # float16 dB: the normaliser works in float32
+        return np.ascontiguousarray(arr)

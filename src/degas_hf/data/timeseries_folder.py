@@ -40,6 +40,7 @@ __all__ = [
     "RasterSampleDataset",
     "TimeSeriesFolderDataset",
     "collate_pretraining",
+    "DeviceNormalizer",
 ]
 
 
@@ -117,20 +118,41 @@ def normalise_with_processor(processor, raw: np.ndarray, band_names: Sequence[st
 
 class RasterSampleDataset(torch.utils.data.Dataset):
     """Base of the pretraining readers: keys, seeding, crop, normalisation. Subclasses implement
-    `num_items`, `item_shape(i)` -> (H, W) and `read_item(i, frames_rng, window)` -> raw `(T, C, h, w)` float32
-    with NaN for nodata, where `window` is `(row, col, height, width)` in the item's grid."""
+    `num_items`, `item_shape(i)` -> (H, W) and either `read_item(i, frames_rng, window)` -> `(T, C, h, w)` float32
+    with NaN for nodata, or `read_item_raw(i, frames_rng, window)` -> `(T, C, h, w)` in the file's own dtype with
+    `raw_nodata` marking missing pixels and `dn_offset` still added (then `read_item` is derived from it), where
+    `window` is `(row, col, height, width)` in the item's grid.
+
+    `output="normalized"` (default) gives `pixel_values` float32 `(C, T, h, w)` normalised by the processor and
+    `valid_mask`; `output="raw"` gives `raw_values` `(T, C, h, w)` in the file dtype (uint16 for Sentinel-2 DN), for
+    :class:`DeviceNormalizer` to normalise a whole batch on the accelerator: a worker then only decodes and slices,
+    and 2-byte values cross the worker pipe and the PCIe bus instead of 4-byte ones. Readers that support it set
+    `supports_raw = True`.
+    """
+
+    supports_raw = False
+    raw_nodata: float | None = None  # value of missing pixels in `read_item_raw` output (NaN for float data)
+    dn_offset: float = 0  # subtracted from raw values before normalisation (SSL4EO-S12 v1.1 zarr: 1000)
 
     def __init__(self, band_names: Sequence[str], crop_size: int | None, processor=None, random_crop: bool = True,
-                 seed: int = 0, samples_per_item: int = 1):
+                 seed: int = 0, samples_per_item: int = 1, output: str = "normalized"):
         self.band_names = [canonical_band_name(b) for b in band_names]
         if len(set(self.band_names)) != len(self.band_names):
             raise DataError(f"band_names must be unique, got {list(band_names)}")
+        if crop_size is not None and (isinstance(crop_size, bool) or int(crop_size) < 0):
+            raise DataError(f"crop_size must be a positive number of pixels (or None for the whole image), "
+                            f"got {crop_size!r}")
         self.crop_size = None if crop_size in (None, 0) else int(crop_size)
         self.processor = processor
         self.random_crop = bool(random_crop)
         self.seed = int(seed)
         self.samples_per_item = max(1, int(samples_per_item))
         self.epoch = 0
+        if output not in ("normalized", "raw"):
+            raise DataError(f"output must be 'normalized' or 'raw', got {output!r}")
+        if output == "raw" and not self.supports_raw:
+            raise DataError(f"{type(self).__name__} cannot give raw values (output='raw'); use output='normalized'")
+        self.output = output
 
     # --- to implement ---
     def num_items(self) -> int:
@@ -140,10 +162,25 @@ class RasterSampleDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def read_item(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int]) -> np.ndarray:
+        if not self.supports_raw:
+            raise NotImplementedError
+        raw = self.read_item_raw(item, rng, window)
+        out = _to_float_with_nan(raw, self.raw_nodata)
+        if self.dn_offset:
+            out -= np.float32(self.dn_offset)
+        return out
+
+    def read_item_raw(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int]) -> np.ndarray:
         raise NotImplementedError
 
     def describe_item(self, item: int) -> str:
         return f"item {item}"
+
+    def device_normalizer(self) -> "DeviceNormalizer":
+        """The :class:`DeviceNormalizer` that turns this reader's `raw_values` batches into model inputs."""
+        if self.processor is None:
+            raise DataError("no image processor given: normalisation statistics come from STSwinMAEImageProcessor")
+        return DeviceNormalizer(self.processor, self.band_names, nodata=self.raw_nodata, dn_offset=self.dn_offset)
 
     # --- torch Dataset ---
     def set_epoch(self, epoch: int) -> None:
@@ -175,6 +212,14 @@ class RasterSampleDataset(torch.utils.data.Dataset):
         item = index // self.samples_per_item
         rng = _seed_rng(self.seed, epoch, index)
         window = self._window(self.item_shape(item), rng)
+        if self.output == "raw":
+            raw = self.read_item_raw(item, rng, window)
+            if self.crop_size is not None and (raw.shape[-2] < self.crop_size or raw.shape[-1] < self.crop_size):
+                fill = np.nan if self.raw_nodata is None else self.raw_nodata
+                pad = ((0, 0), (0, 0), (0, self.crop_size - raw.shape[-2]), (0, self.crop_size - raw.shape[-1]))
+                raw = np.pad(raw, pad, constant_values=fill)
+            return {"raw_values": torch.from_numpy(np.ascontiguousarray(raw)),
+                    "mask_seed": int(rng.integers(0, 2**62)), "index": index}
         raw = self.read_item(item, rng, window).astype(np.float32, copy=False)
         if self.crop_size is not None and (raw.shape[-2] < self.crop_size or raw.shape[-1] < self.crop_size):
             pad = ((0, 0), (0, 0), (0, self.crop_size - raw.shape[-2]), (0, self.crop_size - raw.shape[-1]))
@@ -189,7 +234,6 @@ class RasterSampleDataset(torch.utils.data.Dataset):
             "mask_seed": int(rng.integers(0, 2**62)),
             "index": index,
         }
-
 
     def to_hf_dataset(self, num_samples: int | None = None, epoch: int = 0, cache_dir: str | None = None):
         """The first `num_samples` samples of `epoch` as a `datasets.Dataset` (numpy columns `pixel_values`,
@@ -209,12 +253,61 @@ class RasterSampleDataset(torch.utils.data.Dataset):
 
 
 def collate_pretraining(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    return {
-        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
-        "valid_mask": torch.stack([s["valid_mask"] for s in samples]),
-        "mask_seed": torch.tensor([s["mask_seed"] for s in samples], dtype=torch.int64),
-        "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
-    }
+    """Stack samples into a batch: `pixel_values`/`valid_mask` (normalised readers) or `raw_values` (raw output)."""
+    out = {name: torch.stack([s[name] for s in samples]) for name in ("pixel_values", "valid_mask", "raw_values")
+           if name in samples[0]}
+    out["mask_seed"] = torch.tensor([s["mask_seed"] for s in samples], dtype=torch.int64)
+    out["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.int64)
+    return out
+
+
+class DeviceNormalizer:
+    """Normalise a batch of raw values `(B, T, C, H, W)` where it lives (the GPU, in the training step).
+
+    The same arithmetic as `STSwinMAEImageProcessor.normalize_array` (float32 `x * scale + offset` with
+    `scale = rescale / std`, `offset = -mean / std`, after subtracting `dn_offset`), so a batch normalised here equals,
+    bit for bit, the samples the processor normalises on the CPU. Returns `pixel_values` float32 `(B, C, T, H, W)`
+    (nodata filled with the processor's fill value) and `valid_mask` bool `(B, T, H, W)`: False where any band
+    equals `nodata` or the processor's `nodata_value`, or is not finite.
+    """
+
+    def __init__(self, processor, band_names: Sequence[str], nodata: float | None = None, dn_offset: float = 0):
+        band_names = [canonical_band_name(b) for b in band_names]
+        wanted = [canonical_band_name(b) for b in processor.band_names]
+        missing = [b for b in wanted if b not in band_names]
+        if missing:
+            raise DataError(f"the data lack the processor's band(s) {missing} (data bands: {band_names})")
+        self.channels = [band_names.index(b) for b in wanted]
+        self.identity = self.channels == list(range(len(band_names)))
+        scale, offset = processor._affine_normalization(len(wanted))
+        self.scale = torch.from_numpy(scale).view(1, -1, 1, 1, 1)
+        self.offset = torch.from_numpy(offset).view(1, -1, 1, 1, 1)
+        values = {v for v in (nodata, getattr(processor, "nodata_value", None)) if v is not None and not np.isnan(v)}
+        self.nodata = sorted(values)
+        self.dn_offset = float(dn_offset or 0)
+        self.fill_value = float(getattr(processor, "fill_value", 0.0))
+
+    def __call__(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if raw.ndim != 5:
+            raise ValueError(f"raw_values must be (B, T, C, H, W), got shape {tuple(raw.shape)}")
+        if not self.identity:
+            raw = raw[:, :, self.channels]
+        raw = raw.transpose(1, 2)  # (B, C, T, H, W)
+        device = raw.device
+        if self.scale.device != device:
+            self.scale, self.offset = self.scale.to(device), self.offset.to(device)
+        x = raw.to(torch.float32)
+        invalid = torch.zeros((x.shape[0], *x.shape[2:]), dtype=torch.bool, device=device)
+        for value in self.nodata:
+            invalid |= (raw == value).any(dim=1)
+        if self.dn_offset:
+            x = x - self.dn_offset
+        values = x * self.scale
+        values = values + self.offset
+        if raw.dtype.is_floating_point or not torch.isfinite(values).all():
+            invalid |= ~torch.isfinite(values).all(dim=1)
+        values = values.masked_fill(invalid[:, None], self.fill_value)
+        return values.contiguous(), ~invalid
 
 
 def _to_float_with_nan(arr: np.ndarray, nodata) -> np.ndarray:
