@@ -1,11 +1,18 @@
 """Large-scene prediction: overlapping windows, batched, blended with a smooth ramp, streamed in row strips.
 
 Memory does not grow with the scene height, and grows only by a few float32 rows with its width: the scene is
-walked one row of windows at a time; each row's windows are read (one read per batch of neighbouring windows),
-normalised by the image processor, run through the model in batches and added, weighted by a ramp that falls
-to ~0 over the overlap, into a strip accumulator of `window_height` rows. Rows that no later window touches are
-divided by the summed weights, turned into classes (or kept as values) and handed to a sink (e.g. a GeoTIFF
-writer), then the accumulator slides down.
+walked one row of windows at a time. Each batch of neighbouring windows is one read (`batch_size` windows), done
+and normalised by a pool of reader threads (`num_workers`, a bounded number of batches ahead, in pinned memory when
+the model is on a GPU). On the model's device the batch is copied once (non-blocking), its windows are cut as views
+of that one strip, the forward runs (bf16 autocast by default on CUDA), and the softmax probabilities, weighted by a
+ramp that falls to ~0 over the overlap, are added into a strip accumulator of `window_height` rows on the device.
+Rows that no later window touches are divided by the summed weights and turned into classes (or kept as values) on
+the device, moved to the host once per strip, and handed to a writer thread (e.g. a GeoTIFF sink), so writing
+overlaps the next strip's compute. Then the accumulator slides down.
+
+With several devices the window rows are split into contiguous groups, one per device; each device also runs the
+window rows above its group that reach into it, so every output row sums exactly the same windows in the same order
+as on one device.
 
 Shapes: a source gives raw windows (T, C, h, w) in the model's band order; the model takes `pixel_values`
 (B, C, T, h, w) and `valid_mask` (B, T, h, w) and returns `logits` (B, K, h, w).
@@ -13,23 +20,35 @@ Shapes: a source gives raw windows (T, C, h, w) in the model's band order; the m
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
+import os
 import queue
 import threading
+import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 __all__ = [
+    "PRECISIONS",
     "ArraySink",
     "ArraySource",
+    "QuicklookSampler",
     "SlidingWindowPredictor",
     "blend_ramp",
+    "resolve_devices",
+    "resolve_precision",
+    "split_window_rows",
     "window_starts",
 ]
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -74,6 +93,101 @@ def blend_ramp(length: int, overlap: int, ramp_start: bool = True, ramp_end: boo
     return weights.astype(np.float32)
 
 
+def split_window_rows(num_rows: int, num_groups: int) -> list[tuple[int, int]]:
+    """Contiguous `[first, end)` ranges of window-row indices, one per group, as even as possible (fewer groups
+    than asked when there are fewer rows)."""
+    num_groups = max(1, min(int(num_groups), int(num_rows)))
+    bounds = [round(g * num_rows / num_groups) for g in range(num_groups + 1)]
+    return [(bounds[g], bounds[g + 1]) for g in range(num_groups)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Devices and precision
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_devices(device=None, devices: int | Sequence | None = None) -> list[torch.device]:
+    """The devices to predict on.
+
+    Args:
+        device (`str` or `torch.device`, *optional*): the (first) device; defaults to CUDA when torch sees a GPU,
+            else the CPU.
+        devices (`int` or list of devices, *optional*): how many GPUs (numbered up from `device`'s index), or the
+            devices themselves.
+
+    Raises a `ValueError` naming what was asked and what this torch has: a CUDA device on a CPU-only torch or
+    without a visible GPU, more GPUs than are visible.
+    """
+    if devices is not None and not isinstance(devices, int):
+        resolved = [torch.device(d) for d in devices]
+        if not resolved:
+            raise ValueError("Expected at least one device, found an empty list")
+        for each in resolved:
+            resolve_devices(each)  # each one must exist
+        return resolved
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"Unknown device {str(device)!r}: {err}") from None
+    count = 1 if devices is None else int(devices)
+    if count < 1:
+        raise ValueError(f"The number of devices must be >= 1, found {count}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            reason = "this torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"CUDA device {str(device)!r} was asked, but {reason} (torch {torch.__version__})")
+        visible = torch.cuda.device_count()
+        first = device.index or 0
+        if first + count > visible:
+            raise ValueError(
+                f"{count} CUDA device(s) from cuda:{first} were asked, but torch sees {visible} GPU(s)"
+            )
+        return [torch.device("cuda", first + i) for i in range(count)]
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"MPS device {str(device)!r} was asked, but MPS is not available on this machine")
+    if count > 1:
+        raise ValueError(
+            f"{count} devices were asked, but several devices means several GPUs; the device is {str(device)!r} "
+            f"(torch sees {torch.cuda.device_count() if torch.cuda.is_available() else 0} GPU(s))"
+        )
+    return [device]
+
+
+def _cpu_supports(precision: str) -> bool:
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    probe = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[precision]
+    try:
+        return bool(getattr(mkldnn, probe)())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str | None, device) -> str:
+    """`"fp32"`, `"bf16"` or `"fp16"`: the autocast precision of the forward. `None` means bf16 on a CUDA device that
+    supports it, fp32 otherwise. Raises a `ValueError` when the device cannot run the precision asked."""
+    device = torch.device(device)
+    if precision is None:
+        if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp32"
+    precision = str(precision).lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; expected one of {sorted(PRECISIONS)}")
+    if precision == "fp32":
+        return precision
+    if device.type == "cpu" and not _cpu_supports(precision):
+        raise ValueError(
+            f"{precision} precision was asked, but this CPU has no {precision} support "
+            f"({'AVX512-BF16 or AMX' if precision == 'bf16' else 'AMX-FP16 or AVX512-FP16'}); use fp32"
+        )
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"bf16 precision was asked, but {torch.cuda.get_device_name(device)} has no bf16 support; "
+                         "use fp16 or fp32")
+    return precision
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Sources and sinks
 # --------------------------------------------------------------------------------------------------------------------
@@ -87,6 +201,8 @@ class ArraySource:
         band_names (`list[str]`, *optional*): names of the C channels.
         nodata (`float` or one per date, *optional*): nodata value(s).
     """
+
+    thread_safe_reads = True
 
     def __init__(self, array, band_names: Sequence[str] | None = None, nodata=None):
         array = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
@@ -127,54 +243,164 @@ class ArraySink:
         target[..., row_off : row_off + block.shape[-2], :] = block
 
 
+class QuicklookSampler:
+    """A decimated view of the scene, filled from what the prediction reads and writes anyway: the RGB bands of
+    the input (raw values, every date) and the main output, sampled on a fixed nearest-neighbour grid whose long
+    side is at most `max_size`. No second pass over the scene is ever made.
+
+    Each grid pixel is filled exactly once: input samples by the window row and batch that own its scene row and
+    column, output samples by the strip that writes its row.
+
+    Attributes: `rgb` (T, n, h, w) float32 raw values (NaN where not filled), `prediction` (h, w) float64.
+    """
+
+    def __init__(self, height: int, width: int, num_frames: int, num_rgb: int, max_size: int = 1024):
+        from .quicklook import quicklook_shape
+
+        self.shape = quicklook_shape(height, width, max_size)
+        self.rows = np.linspace(0, height - 1, self.shape[0]).round().astype(np.int64)
+        self.cols = np.linspace(0, width - 1, self.shape[1]).round().astype(np.int64)
+        self.rgb = np.full((num_frames, num_rgb, *self.shape), np.nan, dtype=np.float32)
+        self.prediction = np.full(self.shape, np.nan, dtype=np.float64)
+
+    def _span(self, samples: np.ndarray, start: int, end: int) -> tuple[int, int]:
+        first, last = np.searchsorted(samples, [start, end])
+        return int(first), int(last)
+
+    def add_input(self, raw: np.ndarray, bands: Sequence[int], row_off: int, col_off: int, rows: tuple[int, int],
+                  cols: tuple[int, int]) -> None:
+        """`raw` (T, C, h, w) read at (row_off, col_off); fill the grid pixels in scene rows/cols [start, end) with
+        its `bands` (positions among C)."""
+        r0, r1 = self._span(self.rows, *rows)
+        c0, c1 = self._span(self.cols, *cols)
+        if r1 > r0 and c1 > c0:
+            picked = raw[:, :, (self.rows[r0:r1] - row_off)[:, None], (self.cols[c0:c1] - col_off)[None, :]]
+            self.rgb[:, :, r0:r1, c0:c1] = picked[:, list(bands)]
+
+    def add_prediction(self, block: np.ndarray, top: int) -> None:
+        """`block` (rows, W) of the main output starting at scene row `top`."""
+        r0, r1 = self._span(self.rows, top, top + block.shape[-2])
+        if r1 > r0:
+            self.prediction[r0:r1] = block[(self.rows[r0:r1] - top)[:, None], self.cols[None, :]]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Threads: ordered parallel reads, and a writer
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _ordered_map(function: Callable, items: Iterable, workers: int, depth: int, stop: threading.Event) -> Iterator:
+    """`function(item)` for each item, computed by `workers` threads at most `depth` items ahead, yielded in order.
+    `workers=0` computes in the calling thread."""
+    if workers <= 0:
+        for item in items:
+            if stop.is_set():
+                return
+            yield function(item)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="degas-read")
+    pending: list = []
+    iterator = iter(items)
+    try:
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < depth:
+                try:
+                    pending.append(pool.submit(function, next(iterator)))
+                except StopIteration:
+                    exhausted = True
+            if not pending or stop.is_set():
+                return
+            future = pending.pop(0)
+            yield future.result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _StripWriter:
+    """Hands finished strips to the sink from one background thread, so that compression and disk writes overlap
+    the next strip's compute. A strip copied from a GPU comes with an event to wait on first."""
+
+    def __init__(self, sink, sampler: QuicklookSampler | None, main_output: str, depth: int = 3):
+        self.sink = sink
+        self.sampler = sampler
+        self.main_output = main_output
+        self.items: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.discard = False  # set when the prediction failed: queued strips are dropped, not written
+        self.thread = threading.Thread(target=self._work, name="degas-write", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self.items.get()
+            if item is None:
+                return
+            if self.error is not None or self.discard:
+                continue  # drain: the first error is reported
+            top, blocks, event = item
+            try:
+                if event is not None:
+                    event.synchronize()
+                for name, block in blocks.items():
+                    array = block.numpy()
+                    self.sink.write(name, array, top)
+                    if self.sampler is not None and name == self.main_output:
+                        self.sampler.add_prediction(array if array.ndim == 2 else array[0], top)
+            except BaseException as err:  # re-raised in the predicting thread
+                self.error = err
+
+    def put(self, top: int, blocks: dict[str, torch.Tensor], event) -> None:
+        if self.error is not None:
+            raise self.error
+        while True:
+            try:
+                self.items.put((top, blocks, event), timeout=0.1)
+                return
+            except queue.Full:
+                if self.error is not None or not self.thread.is_alive():
+                    raise self.error or RuntimeError("The writer thread stopped")
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread, and raise its error if it had one."""
+        self.items.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The predictor
 # --------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class _Batch:
+class _Job:
     row: int  # index into the row starts
     cols: list[int]  # column offsets of its windows
-    pixel_values: torch.Tensor | None  # (B, C, T, h, w), None when no window holds data
-    valid_mask: torch.Tensor  # (B, T, h, w)
     last_in_row: bool
+    input_cols: tuple[int, int] | None  # scene columns whose quicklook input samples this batch fills
+    input_rows: tuple[int, int] | None
 
 
-def _prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
-    """Run `iterable` in a background thread, `depth` items ahead (reading overlaps the model's forward)."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
+@dataclass
+class _Batch:
+    job: _Job
+    pixel_values: torch.Tensor | None  # (C, T, h, span) normalised; None when no window holds data
+    valid_mask: torch.Tensor  # (T, h, span)
 
-    def worker():
-        try:
-            for item in iterable:
-                while not stop.is_set():
-                    try:
-                        items.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            items.put(done)
-        except BaseException as err:  # handed to the consumer, re-raised there
-            items.put(err)
 
-    thread = threading.Thread(target=worker, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = items.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+@dataclass
+class _Plan:
+    window: tuple[int, int]
+    rows: list[int]
+    cols: list[int]
+    row_weights: list[np.ndarray]
+    col_weights: dict[int, np.ndarray]
+    height: int
+    width: int
 
 
 class SlidingWindowPredictor:
@@ -190,7 +416,7 @@ class SlidingWindowPredictor:
         overlap (`int`, *optional*, defaults to 64):
             Overlap between neighbouring windows, in pixels; the blend ramps over it.
         batch_size (`int`, *optional*, defaults to 8):
-            Windows per forward.
+            Windows per forward (and per read).
         blend (`str`, *optional*, defaults to `"cosine"`):
             `"cosine"`, `"linear"` or `"none"` (see `blend_ramp`).
         task (`str`, *optional*):
@@ -202,10 +428,21 @@ class SlidingWindowPredictor:
             `"all"`: a pixel is nodata in the output when no date holds data there; `"any"`: when any date lacks it.
         device (`str` or `torch.device`, *optional*):
             Defaults to the model's device.
+        devices (`int` or list of devices, *optional*):
+            Several GPUs: the number (numbered up from `device`) or the devices. The model is copied to each; the
+            scene's window rows are split between them. Any list of devices works (two "cpu" entries run the same
+            split on the CPU).
+        precision (`str`, *optional*):
+            `"fp32"`, `"bf16"` or `"fp16"` autocast for the forward; defaults to bf16 on CUDA, fp32 elsewhere. A
+            device that cannot run it raises a `ValueError`. Softmax and blending are always float32.
+        num_workers (`int`, *optional*):
+            Reader threads (read + normalise); defaults to min(8, CPU count). 0 reads in the predicting thread.
+        compile (`bool`, *optional*, defaults to `False`):
+            Compile the model (`degas_hf.training.compile.compile_model`) on each device before the first batch.
         progress (`bool`, *optional*, defaults to `True`):
             Show a tqdm progress bar over the windows.
         prefetch (`bool`, *optional*, defaults to `True`):
-            Read and normalise the next batches in a background thread while the model runs.
+            `False` is `num_workers=0`.
 
     Outputs (names used by sinks): `"classes"` (H, W) uint8 (nodata 255) or int16 (nodata -1) when K > 255;
     `"probabilities"` (K, H, W) float32 (nodata NaN); `"values"` (H, W) or (K, H, W) float32 (nodata NaN).
@@ -228,6 +465,10 @@ class SlidingWindowPredictor:
         device=None,
         progress: bool = True,
         prefetch: bool = True,
+        devices: int | Sequence | None = None,
+        precision: str | None = None,
+        num_workers: int | None = None,
+        compile: bool = False,
     ):
         self.model = model.eval()
         self.processor = processor
@@ -252,15 +493,26 @@ class SlidingWindowPredictor:
         if nodata_policy not in ("all", "any"):
             raise ValueError(f"`nodata_policy` must be 'all' or 'any', found {nodata_policy!r}")
         self.nodata_policy = nodata_policy
-        if device is None:
+        if device is None and (devices is None or isinstance(devices, int)):
             try:
                 device = next(model.parameters()).device
             except (StopIteration, AttributeError):
                 device = torch.device("cpu")
-        self.device = torch.device(device)
+        self.devices = resolve_devices(device, devices)
+        self.device = self.devices[0]
+        self.precision = resolve_precision(precision, self.device)
+        for other in self.devices[1:]:
+            resolve_precision(self.precision, other)
+        if num_workers is None:
+            num_workers = min(8, os.cpu_count() or 1)
+        if num_workers < 0:
+            raise ValueError(f"`num_workers` must be >= 0, found {num_workers}")
+        self.num_workers = int(num_workers) if prefetch else 0
+        self.compile = bool(compile)
         self.progress = progress
-        self.prefetch = prefetch
-        self.model_seconds = 0.0  # time spent in the model's forward (for benchmarks)
+        self.model_seconds = 0.0  # time in the model's forward (+ softmax); exact on the CPU, launch time on GPUs
+        self._replicas: dict[torch.device, torch.nn.Module] = {}
+        self._timer_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------- layout
     def num_outputs(self) -> int:
@@ -282,7 +534,16 @@ class SlidingWindowPredictor:
 
     def _check_frames(self, num_frames: int) -> None:
         config = getattr(self.model, "config", None)
-        if config is None or getattr(config, "temporal_aggregation", "mean") != "concat":
+        if config is None:
+            return
+        if getattr(config, "temporal_aggregation", "mean") != "concat":
+            trained = getattr(config, "num_frames", None)
+            if isinstance(trained, int) and trained != num_frames:
+                warnings.warn(
+                    f"The model was trained on {trained} dates (config.num_frames) and the input has {num_frames}: "
+                    "its temporal aggregation accepts this, but the prediction can differ much from one made on "
+                    f"{trained} dates"
+                )
             return
         expected = getattr(config, "num_temporal_tokens", None)
         patch_t = getattr(config, "patch_size", [1])[0]
@@ -298,83 +559,13 @@ class SlidingWindowPredictor:
             raise ValueError(f"`band_names` names {len(band_names)} bands, but the input has {source.num_bands}")
         return self.processor.band_indices(names, source.num_bands)
 
-    # ------------------------------------------------------------------------------------------------ batches
-    def _batches(self, source, bands, rows, cols, window) -> Iterator[_Batch]:
-        """Read and normalise windows, row by row, `batch_size` at a time (one read per batch)."""
-        win_h, win_w = window
-        for row_index, row in enumerate(rows):
-            for first in range(0, len(cols), self.batch_size):
-                batch_cols = cols[first : first + self.batch_size]
-                span = batch_cols[-1] + win_w - batch_cols[0]
-                raw = source.read(row, batch_cols[0], win_h, span, bands=bands)
-                values, valid = self.processor.normalize_array(raw, source.nodata)  # (C, T, h, span), (T, h, span)
-                offsets = [c - batch_cols[0] for c in batch_cols]
-                valid_windows = np.stack([valid[..., o : o + win_w] for o in offsets])
-                if valid_windows.any():
-                    pixel_values = torch.from_numpy(np.stack([values[..., o : o + win_w] for o in offsets]))
-                else:
-                    pixel_values = None  # nothing to predict: skip the forward
-                yield _Batch(
-                    row=row_index,
-                    cols=batch_cols,
-                    pixel_values=pixel_values,
-                    valid_mask=torch.from_numpy(valid_windows),
-                    last_in_row=first + self.batch_size >= len(cols),
-                )
-
-    @torch.inference_mode()
-    def _forward(self, pixel_values: torch.Tensor, valid_mask: torch.Tensor) -> np.ndarray:
-        """(B, C, T, h, w) -> (B, K, h, w) float32 numpy: probabilities (classification) or values (regression)."""
-        import time
-
-        start = time.perf_counter()
-        dtype = next(self.model.parameters()).dtype  # a bf16 / fp16 model takes inputs of its own dtype
-        outputs = self.model(
-            pixel_values=pixel_values.to(self.device, dtype=dtype, non_blocking=True),
-            valid_mask=valid_mask.to(self.device, non_blocking=True),
-        )
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        logits = logits.float()
-        if self.task == "classification":
-            logits = logits.softmax(dim=1)
-        result = logits.cpu().numpy()
-        self.model_seconds += time.perf_counter() - start
-        return result
-
-    # ---------------------------------------------------------------------------------------------- predict
-    def predict(self, source, sink=None, band_names: Sequence[str] | None = None) -> dict[str, np.ndarray] | None:
-        """Predict over a whole source, streaming finished rows into `sink`.
-
-        Args:
-            source (`GeoTiffTimeSeries`, `ArraySource` or array (T, C, H, W)):
-                The scene; its bands are selected by name (`band_names`, else the source's) as the processor says.
-            sink (*optional*):
-                Has `allocate(layout, height, width)` and `write(name, block, row_off)`; `block` is (rows, W) or
-                (K, rows, W). Defaults to an `ArraySink`, whose arrays are returned.
-            band_names (`list[str]`, *optional*):
-                Names of the source's bands, overriding its own.
-
-        Returns:
-            The `ArraySink` result (`{"classes": (H, W), ...}`) when no sink was given, else None.
-        """
-        if not hasattr(source, "read"):
-            source = ArraySource(source, band_names=band_names)
-        bands = self._band_indices(source, band_names)
-        self._check_frames(source.num_frames)
+    def _plan(self, source) -> _Plan:
         height, width = source.height, source.width
         window = (min(self.window_size[0], height), min(self.window_size[1], width))
         overlap_h = min(self.overlap, window[0] - 1)
         overlap_w = min(self.overlap, window[1] - 1)
         rows = window_starts(height, window[0], window[0] - overlap_h)
         cols = window_starts(width, window[1], window[1] - overlap_w)
-
-        return_result = sink is None
-        sink = ArraySink() if sink is None else sink
-        num_labels = self._num_labels(len(bands), source.num_frames)
-        accumulator = np.zeros((num_labels, window[0], width), dtype=np.float32)
-        weights = np.zeros((window[0], width), dtype=np.float32)
-        has_data = np.zeros((window[0], width), dtype=bool)
-        sink.allocate(self.output_layout(num_labels), height, width)
         col_weights = {
             c: blend_ramp(window[1], overlap_w, ramp_start=i > 0, ramp_end=i < len(cols) - 1, kind=self.blend)
             for i, c in enumerate(cols)
@@ -383,34 +574,250 @@ class SlidingWindowPredictor:
             blend_ramp(window[0], overlap_h, ramp_start=i > 0, ramp_end=i < len(rows) - 1, kind=self.blend)
             for i in range(len(rows))
         ]
+        return _Plan(window, rows, cols, row_weights, col_weights, height, width)
+
+    # ------------------------------------------------------------------------------------------------ devices
+    def _replica(self, device: torch.device) -> torch.nn.Module:
+        """The model on `device`: the model itself on the first device, a copy on the others (compiled when asked)."""
+        if device not in self._replicas:
+            if device == self.device or len(self.devices) == 1:
+                model = self.model
+                try:
+                    on = next(model.parameters()).device
+                except (StopIteration, AttributeError):
+                    on = device
+                if on != device:
+                    model = model.to(device)
+            else:
+                model = copy.deepcopy(self.model).to(device).eval()
+            if self.compile:
+                from ..training.compile import compile_model
+
+                model = compile_model(model, mode=None, dynamic=False)
+            self._replicas[device] = model
+        return self._replicas[device]
+
+    def _autocast(self, device: torch.device):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=PRECISIONS[self.precision])
+
+    # ------------------------------------------------------------------------------------------------ batches
+    def _jobs(self, plan: _Plan, first_row: int, end_row: int, owned_from: int, sample_input: bool) -> Iterator[_Job]:
+        """Batches of `batch_size` neighbouring windows, row by row, for window rows [first_row, end_row).
+        Rows before `owned_from` only complete the blend of the group's first rows (no quicklook samples)."""
+        rows, cols = plan.rows, plan.cols
+        for row_index in range(first_row, end_row):
+            own_rows = None
+            if sample_input and row_index >= owned_from:
+                row_end = rows[row_index + 1] if row_index + 1 < len(rows) else plan.height
+                own_rows = (rows[row_index], row_end)
+            for first in range(0, len(cols), self.batch_size):
+                batch_cols = cols[first : first + self.batch_size]
+                following = first + self.batch_size
+                own_cols = (batch_cols[0], cols[following] if following < len(cols) else plan.width)
+                yield _Job(row_index, batch_cols, following >= len(cols), own_cols if own_rows else None, own_rows)
+
+    def _load(self, job: _Job, source, plan: _Plan, read_bands, num_model_bands, rgb_positions, sampler, pin) -> _Batch:
+        """Read one batch's span of the scene and normalise it (runs in a reader thread)."""
+        win_h, win_w = plan.window
+        row = plan.rows[job.row]
+        span = job.cols[-1] + win_w - job.cols[0]
+        raw = source.read(row, job.cols[0], win_h, span, bands=read_bands)  # (T, C_read, h, span)
+        if sampler is not None and job.input_rows is not None:
+            sampler.add_input(raw, rgb_positions, row, job.cols[0], job.input_rows, job.input_cols)
+        if raw.shape[1] != num_model_bands:
+            raw = raw[:, :num_model_bands]
+        values, valid = self.processor.normalize_array(raw, source.nodata)  # (C, T, h, span), (T, h, span)
+        valid_mask = torch.from_numpy(valid)
+        pixel_values = torch.from_numpy(values) if valid.any() else None  # None: nothing to predict, skip the model
+        if pin:
+            valid_mask = valid_mask.pin_memory()
+            pixel_values = pixel_values.pin_memory() if pixel_values is not None else None
+        return _Batch(job, pixel_values, valid_mask)
+
+    @staticmethod
+    def _cut(strip: torch.Tensor, offsets: Sequence[int], width: int) -> torch.Tensor:
+        """Windows (B, ..., width) of a strip (..., span) at column `offsets`: views when evenly spaced."""
+        if len(offsets) == 1:
+            return strip[..., offsets[0] : offsets[0] + width].unsqueeze(0)
+        step = offsets[1] - offsets[0]
+        if step > 0 and all(b - a == step for a, b in zip(offsets, offsets[1:])) and offsets[0] == 0:
+            return strip[..., : offsets[-1] + width].unfold(-1, width, step).movedim(-2, 0)
+        return torch.stack([strip[..., o : o + width] for o in offsets])
+
+    @torch.inference_mode()
+    def _forward(self, pixel_values: torch.Tensor, valid_mask: torch.Tensor, device=None) -> torch.Tensor:
+        """(B, C, T, h, w) -> (B, K, h, w) float32 on `device`: probabilities (classification) or values."""
+        device = self.device if device is None else torch.device(device)
+        model = self._replica(device)
+        start = time.perf_counter()
+        try:
+            dtype = next(model.parameters()).dtype  # a bf16 / fp16 model takes inputs of its own dtype
+        except (StopIteration, AttributeError):
+            dtype = torch.float32
+        with self._autocast(device):
+            outputs = model(
+                pixel_values=pixel_values.to(device, dtype=dtype, non_blocking=True),
+                valid_mask=valid_mask.to(device, non_blocking=True),
+            )
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        logits = logits.float()
+        if self.task == "classification":
+            logits = logits.softmax(dim=1)
+        with self._timer_lock:
+            self.model_seconds += time.perf_counter() - start
+        return logits
+
+    # ---------------------------------------------------------------------------------------------- predict
+    def predict(self, source, sink=None, band_names: Sequence[str] | None = None,
+                quicklook: QuicklookSampler | None = None, rgb_bands: Sequence[int] | None = None
+                ) -> dict[str, np.ndarray] | None:
+        """Predict over a whole source, streaming finished rows into `sink`.
+
+        Args:
+            source (`GeoTiffTimeSeries`, `ArraySource` or array (T, C, H, W)):
+                The scene; its bands are selected by name (`band_names`, else the source's) as the processor says.
+            sink (*optional*):
+                Has `allocate(layout, height, width)` and `write(name, block, row_off)`; `block` is (rows, W) or
+                (K, rows, W). Writes come from one background thread, in row order on one device. Defaults to an
+                `ArraySink`, whose arrays are returned.
+            band_names (`list[str]`, *optional*):
+                Names of the source's bands, overriding its own.
+            quicklook (`QuicklookSampler`, *optional*):
+                Filled with the input's `rgb_bands` (indices among the source's bands) and the main output.
+
+        Returns:
+            The `ArraySink` result (`{"classes": (H, W), ...}`) when no sink was given, else None.
+        """
+        if not hasattr(source, "read"):
+            source = ArraySource(source, band_names=band_names)
+        bands = self._band_indices(source, band_names)
+        self._check_frames(source.num_frames)
+        plan = self._plan(source)
+        read_bands, rgb_positions = list(bands), []
+        if quicklook is not None:
+            for band in rgb_bands if rgb_bands is not None else []:
+                if band not in read_bands:
+                    read_bands.append(band)
+                rgb_positions.append(read_bands.index(band))
+            if not rgb_positions:
+                quicklook = None
+
+        return_result = sink is None
+        sink = ArraySink() if sink is None else sink
+        num_labels = self._num_labels(len(bands), source.num_frames)
+        layout = self.output_layout(num_labels)
+        sink.allocate(layout, plan.height, plan.width)
 
         from tqdm.auto import tqdm
 
-        batches = self._batches(source, bands, rows, cols, window)
-        if self.prefetch:
-            batches = _prefetch(batches)
-        bar = tqdm(total=len(rows) * len(cols), desc="windows", unit="win", disable=not self.progress)
-        top = 0  # scene row held in accumulator row 0 (always the current window row's start)
-        any_data = False
+        groups = split_window_rows(len(plan.rows), len(self.devices))
+        workers = self.num_workers if getattr(source, "thread_safe_reads", False) else min(self.num_workers, 1)
+        workers_per_device = max(1, workers // len(groups)) if workers else 0
+        bar = tqdm(total=len(plan.rows) * len(plan.cols), desc="windows", unit="win", disable=not self.progress)
+        writer = _StripWriter(sink, quicklook, next(iter(layout)))
+        stop = threading.Event()
+        any_data = []
+
+        def run_group(device, first_owned, end_row):
+            any_data.append(self._predict_rows(
+                device, source, plan, first_owned, end_row, read_bands, len(bands), rgb_positions, quicklook,
+                num_labels, layout, writer, workers_per_device, bar, stop,
+            ))
+
         try:
-            for batch in batches:
-                outputs = None
-                if batch.pixel_values is not None:
-                    outputs = self._forward(batch.pixel_values, batch.valid_mask)
-                    any_data = True
-                self._accumulate(batch, outputs, row_weights[batch.row], col_weights, window, accumulator, weights, has_data)
-                bar.update(len(batch.cols))
-                if batch.last_in_row:
-                    next_top = rows[batch.row + 1] if batch.row + 1 < len(rows) else height
-                    self._flush(sink, accumulator, weights, has_data, top, next_top - top)
-                    top = next_top
+            if len(groups) == 1:
+                run_group(self.devices[0], *groups[0])
+            else:
+                self._run_in_threads(run_group, [(self.devices[g], *groups[g]) for g in range(len(groups))], stop)
+        except BaseException:
+            stop.set()
+            writer.discard = True
+            with contextlib.suppress(BaseException):
+                writer.close()
+            raise
         finally:
             bar.close()
-            if hasattr(batches, "close"):
-                batches.close()
-        if not any_data:
+        writer.close()
+        if not any(any_data):
             warnings.warn("Every input pixel is nodata: the output is all nodata")
         return sink.result if return_result else None
+
+    @staticmethod
+    def _run_in_threads(function, argument_lists, stop: threading.Event) -> None:
+        """One thread per device; the first error stops the others and is raised here."""
+        errors: list[BaseException] = []
+
+        def target(*arguments):
+            try:
+                function(*arguments)
+            except BaseException as err:
+                errors.append(err)
+                stop.set()
+
+        threads = [threading.Thread(target=target, args=a, name=f"degas-device-{i}", daemon=True)
+                   for i, a in enumerate(argument_lists)]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.2)
+        except BaseException:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+            raise
+        if errors:
+            raise errors[0]
+
+    def _predict_rows(self, device, source, plan: _Plan, first_owned: int, end_row: int, read_bands, num_bands,
+                      rgb_positions, sampler, num_labels, layout, writer: _StripWriter, workers, bar, stop) -> bool:
+        """Predict the window rows [first_owned, end_row) on `device` (after the earlier rows that reach into them)
+        and hand the finished scene rows they own to the writer. Returns whether any window held data."""
+        rows, (win_h, win_w) = plan.rows, plan.window
+        owned_top = 0 if first_owned == 0 else rows[first_owned]
+        first = first_owned
+        while first > 0 and rows[first - 1] + win_h > owned_top:
+            first -= 1  # earlier window rows that reach into the owned rows
+        pin = device.type == "cuda"
+        accumulator = torch.zeros((num_labels, win_h, plan.width), dtype=torch.float32, device=device)
+        weights = torch.zeros((win_h, plan.width), dtype=torch.float32, device=device)
+        has_data = torch.zeros((win_h, plan.width), dtype=torch.bool, device=device)
+        col_weights = {c: torch.from_numpy(w).to(device) for c, w in plan.col_weights.items()}
+        any_data = False
+
+        def load(job):
+            return self._load(job, source, plan, read_bands, num_bands, rgb_positions, sampler, pin)
+
+        jobs = self._jobs(plan, first, end_row, first_owned, sampler is not None)
+        top = rows[first]  # scene row held in accumulator row 0 (always the current window row's start)
+        batches = _ordered_map(load, jobs, workers, depth=2 * max(1, workers), stop=stop)
+        with contextlib.closing(batches):
+            for batch in batches:
+                job = batch.job
+                if batch.pixel_values is not None:
+                    any_data = True
+                    offsets = [c - job.cols[0] for c in job.cols]
+                    strip = batch.pixel_values.to(device, non_blocking=True)
+                    valid_strip = batch.valid_mask.to(device, non_blocking=True)
+                    pixel_values = self._cut(strip, offsets, win_w)  # (B, C, T, h, w), views of the strip
+                    valid_mask = self._cut(valid_strip, offsets, win_w)  # (B, T, h, w)
+                    outputs = self._forward(pixel_values, valid_mask, device)
+                    row_weight = torch.from_numpy(plan.row_weights[job.row]).to(device, non_blocking=True)
+                    self._accumulate(job.cols, outputs, valid_mask, row_weight, col_weights, win_w, accumulator,
+                                     weights, has_data)
+                if job.row >= first_owned:
+                    bar.update(len(job.cols))
+                if job.last_in_row:
+                    next_top = rows[job.row + 1] if job.row + 1 < len(rows) else plan.height
+                    if next_top > owned_top:  # rows above the group's own are another device's
+                        self._flush(writer, layout, accumulator, weights, has_data, top, max(top, owned_top),
+                                    next_top, device)
+                    self._slide(accumulator, weights, has_data, next_top - top)
+                    top = next_top
+        return any_data
 
     def _num_labels(self, num_channels: int, num_frames: int) -> int:
         """Output channels K: the config's `num_labels`, else one forward on a small blank input."""
@@ -420,42 +827,56 @@ class SlidingWindowPredictor:
         blank = torch.zeros(1, num_channels, num_frames, 16, 16)
         return int(self._forward(blank, torch.ones(1, num_frames, 16, 16, dtype=torch.bool)).shape[1])
 
-    def _accumulate(self, batch, outputs, row_weight, col_weights, window, accumulator, weights, has_data):
-        """Add one batch's weighted outputs into the strip accumulator (rows 0..window_h of the strip)."""
-        win_h, win_w = window
-        valid = batch.valid_mask.numpy()
-        present = valid.any(axis=1) if self.nodata_policy == "all" else valid.all(axis=1)  # (B, h, w)
-        for index, col in enumerate(batch.cols):
+    def _accumulate(self, cols, outputs, valid_mask, row_weight, col_weights, win_w, accumulator, weights, has_data):
+        """Add one batch's weighted outputs into the strip accumulator, on the device, window by window (the same
+        order of additions as one window at a time, so results do not depend on the batch size or device).
+        A window without data adds exactly zero (its weight is multiplied by 0), without a device sync."""
+        present = valid_mask.any(dim=1) if self.nodata_policy == "all" else valid_mask.all(dim=1)  # (B, h, w)
+        window_has_data = present.flatten(1).any(dim=1)  # (B,)
+        zero = torch.zeros((), device=outputs.device)
+        for index, col in enumerate(cols):
             has_data[:, col : col + win_w] |= present[index]
-            if outputs is None or not present[index].any():
-                continue
-            weight = row_weight[:, None] * col_weights[col][None, :]
-            accumulator[:, :, col : col + win_w] += outputs[index] * weight
+            weight = (row_weight[:, None] * col_weights[col][None, :]) * window_has_data[index]
+            accumulator[:, :, col : col + win_w] += torch.where(window_has_data[index], outputs[index] * weight, zero)
             weights[:, col : col + win_w] += weight
 
-    def _flush(self, sink, accumulator, weights, has_data, top, count):
-        """Finish the first `count` strip rows (scene rows top..top+count), write them, slide the strip up."""
+    def _flush(self, writer, layout, accumulator, weights, has_data, top, start, end, device):
+        """Finish scene rows [start, end) (accumulator rows start-top .. end-top) on the device and queue them."""
+        lo, hi = start - top, end - top
         num_labels = accumulator.shape[0]
-        done_weights = weights[:count]
-        mask = has_data[:count] & (done_weights > 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            blended = accumulator[:, :count] / np.where(done_weights > 0, done_weights, 1.0)
-        layout = self.output_layout(num_labels)
+        done_weights = weights[lo:hi]
+        positive = done_weights > 0
+        mask = has_data[lo:hi] & positive
+        blended = accumulator[:, lo:hi] / torch.where(positive, done_weights, torch.ones((), device=device))
+        nan = torch.full((), float("nan"), device=device)
+        blocks: dict[str, torch.Tensor] = {}
         if self.task == "regression":
-            values = np.where(mask, blended, np.float32(np.nan)).astype(np.float32)
-            sink.write("values", values[0] if num_labels == 1 else values, top)
+            values = torch.where(mask, blended, nan)
+            blocks["values"] = values[0] if num_labels == 1 else values
         else:
             _, dtype, nodata = layout["classes"]
-            classes = blended.argmax(axis=0).astype(dtype)
+            classes = blended.argmax(dim=0).to(getattr(torch, dtype))
             classes[~mask] = nodata
-            sink.write("classes", classes, top)
+            blocks["classes"] = classes
             if self.probabilities:
-                sink.write("probabilities", np.where(mask, blended, np.float32(np.nan)).astype(np.float32), top)
-        # Slide: the rows not yet finished move to the top, the freed rows are zeroed.
+                blocks["probabilities"] = torch.where(mask, blended, nan)
+        event = None
+        if device.type == "cuda":  # one copy back per strip, waited for by the writer, not here
+            blocks = {name: block.to("cpu", non_blocking=True) for name, block in blocks.items()}
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+        elif device.type != "cpu":
+            blocks = {name: block.cpu() for name, block in blocks.items()}
+        writer.put(start, blocks, event)
+
+    @staticmethod
+    def _slide(accumulator, weights, has_data, count: int) -> None:
+        """Move the rows not yet finished to the top of the strip and zero the freed rows."""
         remaining = accumulator.shape[1] - count
-        accumulator[:, :remaining] = accumulator[:, count:].copy()
-        accumulator[:, remaining:] = 0
-        weights[:remaining] = weights[count:].copy()
-        weights[remaining:] = 0
-        has_data[:remaining] = has_data[count:].copy()
-        has_data[remaining:] = False
+        if remaining > 0:
+            accumulator[:, :remaining] = accumulator[:, count:].clone()
+            weights[:remaining] = weights[count:].clone()
+            has_data[:remaining] = has_data[count:].clone()
+        accumulator[:, max(remaining, 0):] = 0
+        weights[max(remaining, 0):] = 0
+        has_data[max(remaining, 0):] = False

@@ -9,7 +9,10 @@ Reading:
 
 Writing:
 - `atomic_output(path)`: a temporary name in the target folder, renamed over `path` only when the block succeeds.
-- `GeoTiffWriter`: a tiled, compressed GeoTIFF with the source CRS/transform and nodata, written window by window.
+  Temporary names carry the writing process id; `remove_stale_temporaries(path)` deletes those that a killed
+  run (SIGKILL) left behind.
+- `GeoTiffWriter`: a tiled, compressed GeoTIFF with the source CRS/transform and nodata, written window by window;
+  optionally a Cloud-Optimized GeoTIFF (overviews) and a colour table with class names.
 - `write_geotiff(path, array, ...)`: one call for an in-memory array.
 
 Every bad input raises a `ValueError` that says what was expected and what was found.
@@ -18,10 +21,12 @@ Every bad input raises a `ValueError` that says what was expected and what was f
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +54,7 @@ __all__ = [
     "inspect_raster",
     "read_band_files",
     "read_time_series",
+    "remove_stale_temporaries",
     "write_geotiff",
 ]
 
@@ -160,7 +166,12 @@ class GeoTiffTimeSeries:
 
     Attributes: `height`, `width`, `num_frames`, `num_bands`, `band_names` (or None), `nodata` (one per date),
     `crs`, `transform`, `dtype`, `profile` (of the first file).
+
+    `read` may be called from several threads at once: each thread reads through its own GDAL handles (a GDAL
+    dataset must not be used by two threads at a time); `close` closes them all.
     """
+
+    thread_safe_reads = True
 
     def __init__(self, paths, band_names: Sequence[str] | None = None, frames_per_file: int = 1):
         if isinstance(paths, (str, os.PathLike)):
@@ -197,26 +208,52 @@ class GeoTiffTimeSeries:
         else:
             band_names = date_major_band_names(first.descriptions, frames_per_file)
         self.band_names = band_names
-        self._datasets: list[rasterio.DatasetReader] | None = None
+        self._local = threading.local()  # per-thread GDAL handles
+        self._all_handles: list[list[rasterio.DatasetReader]] = []
+        self._handles_lock = threading.Lock()
         with _open(paths[0]) as src:
             self.profile = dict(src.profile)
 
     # -------------------------------------------------------------------------------------------- context
     def open(self) -> "GeoTiffTimeSeries":
-        if self._datasets is None:
-            self._datasets = [_open(p) for p in self.paths]
+        self._thread_datasets()
         return self
 
+    def _thread_datasets(self) -> list[rasterio.DatasetReader]:
+        """This thread's handles on every file, opened on first use."""
+        datasets = getattr(self._local, "datasets", None)
+        if datasets is None or datasets[0].closed:
+            datasets = [_open(p) for p in self.paths]
+            self._local.datasets = datasets
+            with self._handles_lock:
+                self._all_handles.append(datasets)
+        return datasets
+
     def close(self) -> None:
-        for dataset in self._datasets or []:
-            dataset.close()
-        self._datasets = None
+        with self._handles_lock:
+            handles, self._all_handles = self._all_handles, []
+        for datasets in handles:
+            for dataset in datasets:
+                dataset.close()
+        self._local = threading.local()
 
     def __enter__(self) -> "GeoTiffTimeSeries":
         return self.open()
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def __getstate__(self) -> dict:  # GDAL handles, locks and thread-locals stay behind
+        state = dict(self.__dict__)
+        for key in ("_local", "_all_handles", "_handles_lock"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+        self._all_handles = []
+        self._handles_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------------------- reads
     def _indexes(self, bands: Sequence[int] | None, frame_in_file: int) -> list[int]:
@@ -250,10 +287,9 @@ class GeoTiffTimeSeries:
                 f"Window rows {row_off}:{row_off + height}, cols {col_off}:{col_off + width} is outside the raster "
                 f"of {self.height}x{self.width} pixels"
             )
-        self.open()
         window = Window(col_off, row_off, width, height)
         frames = []
-        for dataset in self._datasets:
+        for dataset in self._thread_datasets():
             for frame in range(self.frames_per_file):
                 indexes = self._indexes(bands, frame)
                 kwargs = {"window": window}
@@ -355,25 +391,74 @@ def _current_umask() -> int:
     return mask
 
 
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Delete the temporary files of `path` (`.OUT.tif.<pid>.<random>.tmp.tif` and GDAL's `.aux.xml` beside them)
+    whose writing process is gone: what a run killed by SIGKILL (or a power cut) leaves behind. Temporaries of a
+    live process (this one, or another run writing the same output right now) are kept. Returns what was deleted."""
+    path = Path(path)
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    pattern = re.compile(
+        re.escape(_temporary_prefix(path)) + r"(?:(\d+)\.)?[^/]*\.tmp" + re.escape(path.suffix) + r"(?:\.aux\.xml)?$"
+    )
+    for candidate in path.parent.iterdir():
+        match = pattern.match(candidate.name)
+        if match is None or not candidate.is_file():
+            continue
+        pid = match.group(1)
+        if pid is not None and (int(pid) == os.getpid() or _process_alive(int(pid))):
+            continue
+        candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed
+
+
+def _temporary_path(path: Path) -> Path:
+    """A new empty file next to `path`, named `.NAME.<pid>.<random>.tmp<suffix>`."""
+    handle, tmp_name = tempfile.mkstemp(
+        prefix=f"{_temporary_prefix(path)}{os.getpid()}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
+    os.close(handle)
+    return Path(tmp_name)
+
+
+def _remove_temporary(tmp: Path) -> None:
+    tmp.unlink(missing_ok=True)
+    Path(str(tmp) + ".aux.xml").unlink(missing_ok=True)  # GDAL may leave one beside the file
+
+
 @contextlib.contextmanager
 def atomic_output(path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it over `path` when the block succeeds, delete it otherwise.
+    """Yield a temporary path next to `path`; rename it over `path` when the block succeeds, delete it otherwise
+    (also on KeyboardInterrupt and SystemExit, e.g. from a SIGTERM handler).
 
-    The temporary name keeps the suffix (`.OUT.tif.<random>.tmp.tif`) so that drivers that guess the format from
-    the name still do.
+    The temporary name keeps the suffix (`.OUT.tif.<pid>.<random>.tmp.tif`) so that drivers that guess the format
+    from the name still do; the process id lets `remove_stale_temporaries` tell a killed run's leftovers from a
+    live run's files.
     """
     path = check_output_path(path)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
+    tmp = _temporary_path(path)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
-        # GDAL may leave an .aux.xml beside the temporary file.
-        Path(str(tmp) + ".aux.xml").unlink(missing_ok=True)
+        _remove_temporary(tmp)
         raise
 
 
@@ -396,6 +481,14 @@ class GeoTiffWriter:
         tags (`dict`, *optional*): dataset metadata tags; band_tags (`list[dict]`, *optional*): tags per band.
         block_size (`int`, *optional*, defaults to 256): internal tile size.
         compress (`str`, *optional*, defaults to "deflate").
+        cog (`bool`, *optional*, defaults to `False`): write a Cloud-Optimized GeoTIFF (GDAL's COG driver: tiles,
+            overviews, header first). The tiled GeoTIFF is written first, then copied into the COG layout.
+        colormap (`dict[int, (r, g, b)]`, *optional*): a colour table for band 1 (uint8/uint16 class maps), so GIS
+            software shows classes in these colours right away.
+        class_names (`dict[int, str]`, *optional*): class names, stored as the `CLASS_NAMES` tag (JSON,
+            `{"0": "land", ...}`) and as band-1 tags `CLASS_<i>=<name>`.
+        overview_resampling (`str`, *optional*): resampling of COG overviews; "nearest" for integer pixels (class
+            maps), "average" for floats by default.
     """
 
     def __init__(
@@ -413,6 +506,10 @@ class GeoTiffWriter:
         compress: str = "deflate",
         tags: dict | None = None,
         band_tags: Sequence[dict] | None = None,
+        cog: bool = False,
+        colormap: dict | None = None,
+        class_names: dict | None = None,
+        overview_resampling: str | None = None,
     ):
         self.path = check_output_path(path)
         self.profile = {
@@ -436,15 +533,34 @@ class GeoTiffWriter:
             self.profile["predictor"] = 3
         self.band_names = list(band_names) if band_names is not None else None
         self.tags = dict(tags or {})
-        self.band_tags = list(band_tags or [])
+        self.band_tags = [dict(b or {}) for b in band_tags or []]
+        if class_names:
+            names = {int(k): str(v) for k, v in class_names.items()}
+            self.tags["CLASS_NAMES"] = json.dumps({str(k): v for k, v in sorted(names.items())})
+            self.band_tags = self.band_tags or [{}]
+            self.band_tags[0].update({f"CLASS_{k}": v for k, v in sorted(names.items())})
+        if colormap is not None and np.dtype(dtype).name not in ("uint8", "uint16"):
+            raise ValueError(f"A colour table needs uint8 or uint16 pixels, found {np.dtype(dtype).name}")
+        self.colormap = {int(k): tuple(int(c) for c in v) for k, v in (colormap or {}).items()}
+        self.cog = bool(cog)
+        if overview_resampling is None:
+            overview_resampling = "average" if np.dtype(dtype).kind == "f" else "nearest"
+        self.overview_resampling = overview_resampling
         self._context = None
         self._dataset = None
+        self._work: Path | None = None  # the tiled GeoTIFF written before the COG copy
 
     def __enter__(self) -> "GeoTiffWriter":
         self._context = atomic_output(self.path)
         tmp = self._context.__enter__()
         try:
+            if self.cog:
+                self._work = _temporary_path(self.path)
+                self._final = tmp
+                tmp = self._work
             self._dataset = rasterio.open(tmp, "w", **self.profile)
+            if self.colormap:
+                self._dataset.write_colormap(1, self.colormap)
             if self.band_names:
                 for index, name in enumerate(self.band_names, start=1):
                     self._dataset.set_band_description(index, str(name))
@@ -467,12 +583,33 @@ class GeoTiffWriter:
         window = Window(col_off, row_off, array.shape[2], array.shape[1])
         self._dataset.write(array.astype(self.profile["dtype"], copy=False), window=window)
 
+    def _copy_to_cog(self) -> None:
+        from rasterio.shutil import copy as raster_copy
+
+        options = {
+            "COMPRESS": (self.profile.get("compress") or "NONE").upper(),
+            "BLOCKSIZE": self.profile["blockxsize"],
+            "OVERVIEW_RESAMPLING": self.overview_resampling.upper(),
+            "BIGTIFF": "IF_SAFER",
+        }
+        if self.profile.get("predictor"):
+            options["PREDICTOR"] = "YES"
+        try:
+            raster_copy(self._work, self._final, driver="COG", **options)
+        except RasterioError as err:
+            raise ValueError(f"Could not write the Cloud-Optimized GeoTIFF {str(self.path)!r}: {err}") from err
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         close_error = None
         try:
             self._dataset.close()
+            if exc_type is None and self.cog:
+                self._copy_to_cog()
         except BaseException as err:  # a failed flush must not leave a half-written file behind
             close_error = err
+        finally:
+            if self._work is not None:
+                _remove_temporary(self._work)
         if exc_type is None and close_error is not None:
             self._context.__exit__(type(close_error), close_error, close_error.__traceback__)
             raise close_error
@@ -490,8 +627,11 @@ def write_geotiff(
     compress: str = "deflate",
     tags: dict | None = None,
     band_tags: Sequence[dict] | None = None,
+    cog: bool = False,
+    colormap: dict | None = None,
+    class_names: dict | None = None,
 ) -> Path:
-    """Write an in-memory (count, H, W) or (H, W) array as a tiled, compressed GeoTIFF, atomically."""
+    """Write an in-memory (count, H, W) or (H, W) array as a tiled, compressed GeoTIFF (or COG), atomically."""
     if array.ndim == 2:
         array = array[None]
     if array.ndim != 3:
@@ -499,7 +639,7 @@ def write_geotiff(
     with GeoTiffWriter(
         path, array.shape[1], array.shape[2], array.shape[0], array.dtype.name, crs=crs, transform=transform,
         nodata=nodata, band_names=band_names, block_size=block_size, compress=compress, tags=tags,
-        band_tags=band_tags,
+        band_tags=band_tags, cog=cog, colormap=colormap, class_names=class_names,
     ) as writer:
         writer.write(array)
     return Path(path)
