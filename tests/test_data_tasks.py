@@ -6,6 +6,9 @@ The `write_*` helpers are imported by tests/test_finetune.py.
 
 from __future__ import annotations
 
+import glob
+import json
+import random
 import shutil
 from pathlib import Path
 
@@ -402,6 +405,128 @@ def test_phileo_mismatched_label_file(tmp_path):
     np.save(bad, np.full((3, 32, 32, 1), 15, dtype=np.uint8))
     with pytest.raises(ValueError, match=r"japan_32VNH_train_label_lc\.npy \(patch 0\): label values \[15\]"):
         PhilEOBench(tmp_path, "train", label="lc").validate_labels()
+
+
+# The PhilEO Bench protocol (phileo-bench utils/data_protocol.py) on files laid out and named as the bench's are:
+# `<sub-region>_<tile number>_{train,val,test}_s2.npy` (tile numbers as in train_test_location_downstream.json).
+BENCH_LAYOUT = {  # sub-region -> {tile: training patches}; validation files hold 2 patches, test files 1
+    "europe": {"3": 2}, "denmark-1": {"1": 1, "10": 2, "2": 1}, "denmark-2": {"4": 2},
+    "tanzania-1": {"7": 3}, "uganda-1": {"5": 1},
+    "ghana-1": {"8": 1}, "isreal-1": {"6": 1},
+    "japan": {"9": 6},
+}
+_BENCH_BUCKETS = {  # REGIONS_BUCKETS of the bench, restricted to the sub-regions of BENCH_LAYOUT
+    "europe": ["europe", "denmark-1", "denmark-2"], "east-africa": ["tanzania-1", "uganda-1"],
+    "northwest-africa": ["ghana-1", "isreal-1"], "japan": ["japan"],
+}
+
+
+def write_phileo_bench_layout(root: Path, size: int = 8, empty_buildings=()) -> Path:
+    """Tiny patches (8 x 8) in the bench's layout; lc labels are cropland, building labels random % cover (zero
+    in every other patch of the `empty_buildings` sub-regions). Tests identify patches by their sample keys."""
+    rng = np.random.default_rng(7)
+    root.mkdir(parents=True, exist_ok=True)
+    for sub, tiles in BENCH_LAYOUT.items():
+        for tile, count in tiles.items():
+            for split, n in (("train", count), ("val", 2), ("test", 1)):
+                prefix = root / f"{sub}_{tile}_{split}"
+                np.save(f"{prefix}_s2.npy", rng.integers(200, 4000, size=(n, size, size, 10)).astype(np.uint16))
+                np.save(f"{prefix}_label_lc.npy", np.full((n, size, size, 1), 40, dtype=np.uint8))
+                building = rng.uniform(0, 50, size=(n, size, size, 1)).astype(np.float32)
+                if sub in empty_buildings:
+                    building[::2] = 0.0  # every other patch holds no building
+                np.save(f"{prefix}_label_building.npy", building)
+    return root
+
+
+def _bench_bucket_rows(root: Path, split: str, bucket: str) -> list[str]:
+    """The bench's concatenated rows of one bucket: sub-regions in bucket order, files sorted by path."""
+    rows = []
+    for sub in _BENCH_BUCKETS[bucket]:
+        for train in sorted(glob.glob(str(root / f"{sub}*train_s2.npy"))):
+            path = Path(train.replace("train", split))
+            rows += [f"{path.stem}[{i}]" for i in range(len(np.load(path, mmap_mode="r")))]
+    return rows
+
+
+def test_phileo_nshot_counts_and_draw_equal_the_bench_per_region_bucket(tmp_path):
+    root = write_phileo_bench_layout(tmp_path)
+    with pytest.warns(UserWarning, match=r"northwest-africa \(2 of 3\)"):
+        train = PhilEOBench(root, "train", label="lc", n_shot=3)
+    val = PhilEOBench(root, "val", label="lc", n_shot=3)
+    expected_train, expected_val = {}, {}
+    for bucket in _BENCH_BUCKETS:  # protocol_fewshot_memmapped: random.Random(12345).sample per bucket
+        rows, val_rows = _bench_bucket_rows(root, "train", bucket), _bench_bucket_rows(root, "val", bucket)
+        expected_train[bucket] = [rows[i] for i in random.Random(12345).sample(range(len(rows)), min(3, len(rows)))]
+        expected_val[bucket] = [val_rows[i] for i in random.Random(12345).sample(range(len(val_rows)), 1)]
+    assert [s.key for s in train.samples] == [k for keys in expected_train.values() for k in keys]
+    assert [s.key for s in val.samples] == [k for keys in expected_val.values() for k in keys]
+    # 3 per bucket: europe 3 (of 8 over 3 sub-regions), east-africa 3 (of 4), northwest-africa 2 (of 2), japan 3.
+    assert train.protocol["patches_per_region"] == {"europe": 3, "east-africa": 3, "northwest-africa": 2, "japan": 3}
+    assert train.protocol["regions"]["europe"] == ["denmark-1", "denmark-2", "europe"]
+    assert val.protocol["patches_per_region"] == {"europe": 1, "east-africa": 1, "northwest-africa": 1, "japan": 1}
+    json.dumps(train.protocol)
+    # The bench's region names select buckets; unknown names are refused.
+    only = PhilEOBench(root, "train", label="lc", n_shot=2, regions=["northwest-africa"])
+    assert {s.key.split("_")[0] for s in only.samples} == {"ghana-1", "isreal-1"}
+    with pytest.raises(ValueError, match=r"unknown region 'atlantis'.*'northwest-africa'"):
+        PhilEOBench(root, "train", label="lc", regions=["atlantis"])
+
+
+def test_phileo_nshot_larger_than_a_bucket_warns_with_counts(tmp_path):
+    root = write_phileo_bench_layout(tmp_path)
+    with pytest.warns(UserWarning, match=r"n_shot=4 \(train\).*northwest-africa \(2 of 4\)"):
+        ds = PhilEOBench(root, "train", label="lc", n_shot=4)
+    assert ds.protocol["patches_per_region"]["northwest-africa"] == 2
+    with pytest.raises(ValueError, match="n_shot must be a positive integer"):
+        PhilEOBench(root, "train", label="lc", n_shot=0)
+
+
+def test_phileo_test_split_leaves_out_tanzania_1_as_the_bench_does(tmp_path):
+    root = write_phileo_bench_layout(tmp_path)
+    test = PhilEOBench(root, "test", label="lc")
+    subs = {s.key.split("_")[0] for s in test.samples}
+    assert subs == set(BENCH_LAYOUT) - {"tanzania-1"}
+    assert test.protocol["excluded_regions"] == ["tanzania-1"]
+    assert len(PhilEOBench(root, "train", label="lc")) == sum(sum(t.values()) for t in BENCH_LAYOUT.values())
+
+
+def test_phileo_bench_index_file_gives_the_fixed_selection(tmp_path):
+    root = write_phileo_bench_layout(tmp_path)
+    lengths = {b: (len(_bench_bucket_rows(root, "train", b)), len(_bench_bucket_rows(root, "val", b))) for b in _BENCH_BUCKETS}
+    chosen = {"europe": [7, 0], "east-africa": [3, 1], "northwest-africa": [1, 0], "japan": [5, 4]}
+    entries = {b: {"train_indices": chosen[b], "val_indices": [0], "length_multi_array_train": n, "length_multi_array_val": m}
+               for b, (n, m) in lengths.items()}
+    folder = tmp_path / "indices"
+    folder.mkdir()
+    (folder / "indices_12122023_128_10m_lc_2.json").write_text(json.dumps(entries))
+    train = PhilEOBench(root, "train", label="lc", n_shot=2, indices=folder)
+    rows = {b: _bench_bucket_rows(root, "train", b) for b in _BENCH_BUCKETS}
+    assert [s.key for s in train.samples] == [rows[b][i] for b in _BENCH_BUCKETS for i in chosen[b]]
+    assert train.protocol["selection"] == "indices file indices_12122023_128_10m_lc_2.json"
+    val = PhilEOBench(root, "val", label="lc", indices=folder / "indices_12122023_128_10m_lc_2.json")
+    assert len(val) == 4 and val.protocol["n_shot"] == 2
+    with pytest.raises(ValueError, match=r"index file for label 'lc', not 'building'"):
+        PhilEOBench(root, "train", label="building", indices=folder / "indices_12122023_128_10m_lc_2.json")
+    entries["japan"]["length_multi_array_train"] = 60
+    (folder / "indices_12122023_128_10m_lc_2.json").write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"made for 60 train patches in region 'japan', found 6"):
+        PhilEOBench(root, "train", label="lc", n_shot=2, indices=folder)
+
+
+def test_phileo_building_nshot_prefers_patches_with_buildings_as_the_bench_does(tmp_path):
+    root = write_phileo_bench_layout(tmp_path, empty_buildings=("japan",))
+    ds = PhilEOBench(root, "train", label="building", n_shot=2, regions=["japan"])
+    labels = np.load(root / "japan_9_train_label_building.npy")
+    coin, expected = random.Random(156), []
+    for i in random.Random(12345).sample(range(6), 6):  # the bench's "representative" walk
+        if len(expected) == 2:
+            break
+        if labels[i].mean() > 0.005 or coin.random() > 0.75:
+            expected.append(f"japan_9_train_s2[{i}]")
+    assert [s.key for s in ds.samples] == expected
+    plain = [f"japan_9_train_s2[{i}]" for i in random.Random(12345).sample(range(6), 2)]
+    assert expected != plain  # the fixture exercises the preference for patches with buildings
 
 
 # ----------------------------------------------------------------------------------------------------------------
