@@ -130,8 +130,11 @@ def finetune_segmentation(export_dir: Path, processor, steps: int, seg_dir: Path
         optimizer.zero_grad(set_to_none=True)
         losses.append(out.loss.item())
     model.eval()
-    model.save_pretrained(seg_dir)
-    processor.save_pretrained(seg_dir)
+    from degas_hf.hub.folder import prepare_hub_folder
+
+    # Hub-ready: config with custom_pipelines, processor and code, so `pipeline(model=seg_dir, trust_remote_code=True)`
+    # works offline and `degas-hf publish` takes the folder as it is.
+    prepare_hub_folder(model, processor, seg_dir)
     return {"steps": steps, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
 
 

@@ -12,6 +12,7 @@ See docs/publishing.md.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--commit-message", default=None)
     parser.add_argument("--template", default=None, help="Model card template to use instead of model_cards/.")
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login).")
+    parser.add_argument("--include", action="append", default=[], metavar="PATH",
+                        help="Publish this dot file or secret-looking file (e.g. .gitattributes) that is otherwise left "
+                             "out (repeatable). Symbolic links out of the folder are never followed.")
     parser.add_argument("--load-timeout", type=float, default=600.0,
                         help="Seconds allowed for the clean-process load check (default 600).")
 
@@ -53,10 +57,18 @@ def run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run, output_dir=output, results=args.results, examples=args.example,
             base_model=args.base_model, license=args.license, datasets=args.dataset, token=args.token,
             commit_message=args.commit_message, tag=args.tag, template=args.template, load_timeout=args.load_timeout,
+            include=args.include,
         )
     except PublishError as exc:
-        print(f"degas-hf publish: error: {exc}", file=sys.stderr)
-        print("Nothing was uploaded.", file=sys.stderr)
+        first, *rest = str(exc).splitlines() or [type(exc).__name__]
+        print(f"degas-hf publish: error: {first.rstrip('.:')}. Nothing was uploaded.", file=sys.stderr)
+        for line in rest:
+            print(line, file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only --output, a full disk
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"degas-hf publish: error: {reason}{where}. Nothing was uploaded.", file=sys.stderr)
         return 2
     if result.dry_run:
         print(json.dumps({"dry_run": True, "output": str(result.staging), "files": result.files}, indent=2))

@@ -107,9 +107,8 @@ def build_card_data(info, *, repo_id: str, results=None, examples: Sequence = ()
         tags += ["masked-autoencoder", "self-supervised-learning", "foundation-model"]
     tags = list(dict.fromkeys(tags))
     ds = list(datasets or [])
-    if info.kind != "segmentation":
-        ds = ds or [PRETRAINING_DATASET]
-    elif results is not None and "/" in (results.dataset_type or ""):
+    # Only what is known goes in: a pretrained folder does not record its data (pass `datasets`, `--dataset`).
+    if info.kind == "segmentation" and results is not None and "/" in (results.dataset_type or ""):
         ds = list(dict.fromkeys(ds + [results.dataset_type]))
     eval_results = None
     if results is not None:
@@ -165,7 +164,11 @@ def render_model_card(
         name = FINETUNED_TEMPLATE if info.kind == "segmentation" else PRETRAINED_TEMPLATE
     env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              trim_blocks=True, lstrip_blocks=True)
-    config, processor = info.config, info.processor_config
+    config = info.config
+    # Every processor field the templates read, with the processor's own defaults: a folder saved from
+    # `STSwinMAEImageProcessor()` or a generic fine-tuning run has no preset, and older files may lack fields.
+    processor = {"preset": None, "rescale_factor": 1.0, "do_rescale": True, "do_normalize": True, "nodata_value": None,
+                 "fill_value": 0.0, "image_processor_type": None, **(info.processor_config or {})}
     head_class = {"segmentation": "AutoModelForSemanticSegmentation"}.get(info.kind, "AutoModelForPreTraining")
     summary = dict(training_summary or {})
     if results is not None and isinstance(results.raw.get("training"), dict):
@@ -193,6 +196,7 @@ def render_model_card(
         license=license,
         datasets=card_data.datasets or [],
         pipelines=sorted((config.get("custom_pipelines") or {}).keys()),
+        pretraining_dataset=PRETRAINING_DATASET,
         training_summary=summary,
         citation=CITATION,
     )

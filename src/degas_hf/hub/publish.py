@@ -73,16 +73,28 @@ IGNORE_PATTERNS = (
 )
 # Pickle-based files are refused: the Hub flags them and they execute code on load.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+# Left out unless named with `include=` (`--include`): files that usually hold secrets. Dot files and dot folders
+# (`.env`, `.netrc`, `.ssh/`, `.huggingface/token`, ...) are left out the same way.
+SECRET_PATTERNS = (
+    "*.env", "env", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "id_rsa*", "id_dsa*", "id_ecdsa*",
+    "id_ed25519*", "credentials", "credentials.*", "*credentials.json", "*_credentials*", "netrc", "_netrc",
+    "*.netrc", "token", "token.txt", "*.token", "*_token", "*_token.txt", "hf_token*", "api_key*", "apikey*",
+    "secret", "secrets", "secrets.*", "*.secret", "*.secrets", "service_account*.json", "*.kdbx", "*.gpg",
+    "pypirc", "npmrc", "htpasswd", "*.htpasswd",
+)
 
 REPO_ID_RE = re.compile(r"^(?P<ns>[A-Za-z0-9][A-Za-z0-9_.-]{0,95})/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{0,95})$")
 
 
 class PublishError(ValueError):
-    """A folder, repo id, results file or environment that cannot be published; raised before any upload."""
+    """A folder, repo id, results file or environment that cannot be published; raised before any upload.
+    One problem reads as one line; several are listed below the message."""
 
     def __init__(self, message: str, problems: Iterable[str] = ()):
         self.problems = list(problems)
-        if self.problems:
+        if len(self.problems) == 1:
+            message = f"{message} {self.problems[0]}"
+        elif self.problems:
             message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(message)
 
@@ -124,6 +136,7 @@ class FolderInfo:
     files: list[str]  # every file to publish from the folder, relative POSIX paths, sorted
     excluded: list[str] = field(default_factory=list)
     num_parameters: int | None = None
+    excluded_reasons: dict[str, str] = field(default_factory=dict)  # excluded path -> why
 
     @property
     def pipeline_tag(self) -> str:
@@ -135,14 +148,51 @@ def _is_ignored(rel: str) -> bool:
     return any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in IGNORE_PATTERNS)
 
 
-def _list_files(folder: Path) -> tuple[list[str], list[str]]:
-    kept, excluded = [], []
-    for path in sorted(folder.rglob("*")):
-        if path.is_dir():
-            continue
-        rel = path.relative_to(folder).as_posix()
-        (excluded if _is_ignored(rel) else kept).append(rel)
-    return kept, excluded
+def _is_secret(rel: str) -> bool:
+    parts = rel.split("/")
+    return any(part.startswith(".") for part in parts) or any(
+        fnmatch.fnmatch(parts[-1].lower(), pattern) for pattern in SECRET_PATTERNS
+    )
+
+
+def _list_files(folder: Path, include: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The files to publish (sorted relative POSIX paths) and the ones left out, each with its reason.
+
+    Symbolic links are never followed out of the folder (a link to /etc/passwd is left out, whatever it is named);
+    a link to a file inside the folder is published as that file's content; linked folders are not entered.
+    Dot files and folders and files named like secrets (SECRET_PATTERNS) are left out unless `include` names them
+    (their relative path or name); training leftovers (IGNORE_PATTERNS) are left out."""
+    root = folder.resolve()
+    named = {str(n).strip("/") for n in include}
+    kept: list[str] = []
+    excluded: dict[str, str] = {}
+    for directory, dirnames, filenames in os.walk(folder, followlinks=False):
+        base = Path(directory)
+        for name in sorted(dirnames):
+            path = base / name
+            if path.is_symlink():
+                excluded[path.relative_to(folder).as_posix() + "/"] = "a symbolic link to a folder (not followed)"
+        for name in sorted(filenames):
+            path = base / name
+            rel = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(root):
+                    excluded[rel] = f"a symbolic link out of the folder (to {target})"
+                    continue
+                if not target.is_file():
+                    excluded[rel] = "a symbolic link to no regular file"
+                    continue
+            elif not path.is_file():
+                excluded[rel] = "not a regular file"
+                continue
+            if _is_ignored(rel):
+                excluded[rel] = "a training leftover or cache"
+            elif _is_secret(rel) and rel not in named and name not in named:
+                excluded[rel] = "a dot file or a name that usually holds secrets (name it with --include to publish it)"
+            else:
+                kept.append(rel)
+    return sorted(kept), dict(sorted(excluded.items()))
 
 
 def _read_json(path: Path, what: str, problems: list[str]) -> dict | None:
@@ -225,20 +275,38 @@ def _count_parameters(folder: Path, weight_files: list[str]) -> int | None:
     return total
 
 
-def validate_folder(folder: str | os.PathLike) -> FolderInfo:
+def _check_weight_file(path: Path, problems: list[str]) -> None:
+    """A safetensors file whose header cannot be read (truncated, garbled) is a problem."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as f:  # checks the header and that the data fits the file
+            if not list(f.keys()):
+                problems.append(f"weights: {path.name} holds no tensors")
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        problems.append(f"weights: {path.name} is not a readable safetensors file (truncated or corrupted: {reason})")
+
+
+def validate_folder(folder: str | os.PathLike, include: Sequence[str] = ()) -> FolderInfo:
     """Check that `folder` holds a complete, Hub-loadable ST-SwinMAE checkpoint; raise `PublishError` listing
-    every problem otherwise."""
+    every problem otherwise. `include` names dot or secret-looking files to publish anyway (see `_list_files`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PublishError(f"Model folder {str(folder)!r} does not exist or is not a directory.")
     problems: list[str] = []
-    files, excluded = _list_files(folder)
+    files, excluded_reasons = _list_files(folder, include)
+    excluded = list(excluded_reasons)
+    for required in (CONFIG_FILE, PROCESSOR_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE):
+        if required in excluded_reasons:
+            problems.append(f"{required} is {excluded_reasons[required]}; a published file must be a file of the folder")
 
     config = _read_json(folder / CONFIG_FILE, "config", problems) or {}
     processor = _read_json(folder / PROCESSOR_FILE, "image processor", problems) or {}
 
     # Weights: safetensors under the stable names, no pickles.
     weight_files: list[str] = []
+    pickles = [rel for rel in files if rel.lower().endswith(PICKLE_SUFFIXES)]
     if (folder / WEIGHTS_FILE).is_file():
         weight_files = [WEIGHTS_FILE]
     elif (folder / WEIGHTS_INDEX_FILE).is_file():
@@ -252,13 +320,20 @@ def validate_folder(folder: str | os.PathLike) -> FolderInfo:
             if not (folder / shard).is_file():
                 problems.append(f"weights: shard {shard} listed in {WEIGHTS_INDEX_FILE} is missing")
         weight_files = shards
+    elif pickles and not any(rel.endswith(".safetensors") for rel in files):
+        problems.append(f"weights: the folder holds only pickle weights ({', '.join(pickles)}); publish safetensors "
+                        "(save_pretrained(safe_serialization=True)): pickle files run code when loaded")
+        pickles = []
     else:
         problems.append(f"weights: {WEIGHTS_FILE} (or {WEIGHTS_INDEX_FILE} with its shards) is missing")
+    for name in weight_files:
+        if (folder / name).is_file() and name in files:
+            _check_weight_file(folder / name, problems)
     for rel in files:
         if rel.endswith(".safetensors") and rel not in weight_files:
             problems.append(f"weights: {rel} is not a stable weight file name ({WEIGHTS_FILE} or sharded)")
-        if rel.lower().endswith(PICKLE_SUFFIXES):
-            problems.append(f"{rel}: pickle files are not published (use safetensors, or remove it)")
+    for rel in pickles:
+        problems.append(f"{rel}: pickle files are not published (use safetensors, or remove it)")
 
     kind, head, architecture = "pretrained", HEAD_PRETRAINING, ""
     code_files: set[str] = set()
@@ -327,7 +402,7 @@ def validate_folder(folder: str | os.PathLike) -> FolderInfo:
     return FolderInfo(
         folder=folder, config=config, processor_config=processor, kind=kind, head=head, architecture=architecture,
         weight_files=weight_files, code_files=sorted(code_files), files=files, excluded=excluded,
-        num_parameters=_count_parameters(folder, weight_files),
+        num_parameters=_count_parameters(folder, weight_files), excluded_reasons=excluded_reasons,
     )
 
 
@@ -938,16 +1013,23 @@ def publish(
     tag: str | None = None,
     template: str | os.PathLike | None = None,
     load_timeout: float = 600.0,
+    include: Sequence[str] = (),
     log=print,
 ) -> PublishResult:
     """Validate, stage, load-check and (unless `dry_run`) upload `folder` to `repo_id` in one commit.
 
     Every check that can fail (repo id, folder, results, examples, token, clean load) runs before the upload.
-    With `dry_run`, the staged tree is written to `output_dir` (which must not exist or be empty)."""
+    With `dry_run`, the staged tree is written to `output_dir` (which must not exist or be empty). Symbolic links
+    out of the folder are never followed; dot files and secret-looking names are left out unless `include` names
+    them; everything left out is listed through `log`."""
     validate_repo_id(repo_id)
     if tag and not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", tag):
         raise PublishError(f"Malformed tag {tag!r}.")
-    info = validate_folder(folder)
+    info = validate_folder(folder, include=include)
+    if info.excluded_reasons:
+        log(f"Left out of the upload ({len(info.excluded_reasons)}):")
+        for rel, reason in info.excluded_reasons.items():
+            log(f"  {rel}: {reason}")
     results_obj = load_results(results, id2label=info.config.get("id2label")) if results else None
     if info.kind == "segmentation" and not base_model and results_obj is not None and results_obj.base_model:
         try:  # finetune records what it loaded: a Hub id is kept, a local path is not a base_model
