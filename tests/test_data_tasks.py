@@ -228,6 +228,33 @@ def test_sen1floods11_layout_splits_and_items(tmp_path):
     assert ds.info.num_labels == 2 and ds.id2label == {0: "not water", 1: "water"}
 
 
+def test_sen1floods11_terratorch_data_root_and_txt_split_lists(tmp_path):
+    """TerraTorch's `data_root` is the folder holding `v1.1/`; its split lists are
+    `v1.1/splits/flood_handlabeled/flood_{train,valid,test}_data.txt`, one chip id per line."""
+    base = write_sen1floods11(tmp_path)
+    keys = {split: [s.key for s in Sen1Floods11(base, split, bands=MODEL_BANDS).samples] for split in ("train", "val", "bolivia")}
+    from_parent = Sen1Floods11(tmp_path, "train", bands=MODEL_BANDS)  # the parent of v1.1/
+    assert [s.key for s in from_parent.samples] == keys["train"]
+    torch.testing.assert_close(from_parent[0], Sen1Floods11(base, "train", bands=MODEL_BANDS)[0])
+    splits = base / "splits" / "flood_handlabeled"
+    for csv in splits.glob("*.csv"):
+        chips = [row.split(",")[0].removesuffix("_S1Hand.tif") for row in csv.read_text().splitlines()]
+        csv.with_suffix(".txt").write_text("\n".join(chips) + "\n\n")
+        csv.unlink()
+    for split, expected in keys.items():
+        assert [s.key for s in Sen1Floods11(tmp_path, split, bands=MODEL_BANDS).samples] == expected
+    # File names of a chip are taken as its id; anything else is refused naming the line.
+    txt = splits / "flood_valid_data.txt"
+    txt.write_text("\n".join(f"{key}_S2Hand.tif" for key in keys["val"]) + "\n")
+    assert [s.key for s in Sen1Floods11(tmp_path, "val", bands=MODEL_BANDS).samples] == keys["val"]
+    txt.write_text(f"{keys['val'][0]}_S1Hand.tif,{keys['val'][0]}_LabelHand.tif\n")
+    with pytest.raises(ValueError, match=r"flood_valid_data\.txt, line 1: expected one chip id per line"):
+        Sen1Floods11(tmp_path, "val", bands=MODEL_BANDS)
+    txt.unlink()
+    with pytest.raises(ValueError, match=r"flood_valid_data\.csv \(or flood_valid_data\.txt\) not found"):
+        Sen1Floods11(tmp_path, "val", bands=MODEL_BANDS)
+
+
 def test_sen1floods11_s1_and_s1s2(tmp_path):
     root = write_sen1floods11(tmp_path, counts={"train": 2})
     s1 = Sen1Floods11(root, "train", modality="s1")

@@ -7,14 +7,19 @@ On-disk layout (v1.1, as in the `gs://sen1floods11` bucket)::
     <root>/data/flood_events/HandLabeled/LabelHand/<EVENT>_<CHIP>_LabelHand.tif  int16: -1 no data, 0 not water, 1 water
     <root>/splits/flood_handlabeled/flood_{train,valid,test,bolivia}_data.csv
 
-The split CSVs have no header; each row is `<EVENT>_<CHIP>_S1Hand.tif,<EVENT>_<CHIP>_LabelHand.tif`. `root` may
-also be the `HandLabeled` folder itself (or any folder holding `S1Hand/`, `S2Hand/`, `LabelHand/`), with the CSVs in
+The split CSVs have no header; each row is `<EVENT>_<CHIP>_S1Hand.tif,<EVENT>_<CHIP>_LabelHand.tif`. The `.txt`
+split lists TerraTorch and Prithvi users keep next to them (`flood_{train,valid,test,bolivia}_data.txt`) hold one chip
+id per line (`Bolivia_103757`); they are read when no CSV of that split is found.
+
+`root` is the `v1.1` folder, or the folder holding `v1.1/` (the `data_root` of TerraTorch's `Sen1Floods11NonGeo`), or
+the `HandLabeled` folder itself (or any folder holding `S1Hand/`, `S2Hand/`, `LabelHand/`), with the split lists in
 `root`, `root/splits` or `root/splits/flood_handlabeled`.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +45,7 @@ SPLIT_FILES = {
     "test": "flood_test_data.csv",
     "bolivia": "flood_bolivia_data.csv",
 }
+_LAYER_SUFFIX = re.compile(r"_(S1Hand|S2Hand|LabelHand)\.tif$")
 
 
 def read_split_csv(path: Path) -> list[tuple[str, str]]:
@@ -53,6 +59,20 @@ def read_split_csv(path: Path) -> list[tuple[str, str]]:
             if len(row) != 2 or not row[0].endswith(".tif"):
                 raise ValueError(f"{path}, line {line_number}: expected '<chip>_S1Hand.tif,<chip>_LabelHand.tif', got {row}")
             rows.append((row[0], row[1]))
+    return rows
+
+
+def read_split_txt(path: Path) -> list[tuple[str, str]]:
+    """Rows `(S1Hand file name, LabelHand file name)` from a `.txt` split list: one chip id per line
+    (`Bolivia_103757`; a chip's file name, e.g. `Bolivia_103757_S2Hand.tif`, is taken as its chip id)."""
+    rows = []
+    for line_number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        chip = _LAYER_SUFFIX.sub("", line.strip())
+        if not chip:
+            continue
+        if re.search(r"[\s,;/\\]", chip) or chip.endswith(".tif"):
+            raise ValueError(f"{path}, line {line_number}: expected one chip id per line (e.g. 'Bolivia_103757'), got {line.strip()!r}")
+        rows.append((f"{chip}_S1Hand.tif", f"{chip}_LabelHand.tif"))
     return rows
 
 
@@ -89,23 +109,32 @@ class Sen1Floods11(GeoSegmentationDataset):
 
     # ------------------------------------------------------------------------------------------------------------
     def _chips_dir(self) -> Path:
-        for candidate in (self.root / "data" / "flood_events" / "HandLabeled", self.root / "flood_events" / "HandLabeled", self.root / "HandLabeled", self.root):
-            if (candidate / "LabelHand").is_dir():
-                return candidate
-        raise ValueError(f"Sen1Floods11: no LabelHand/ folder found under {self.root} (expected data/flood_events/HandLabeled/LabelHand)")
+        for base in (self.root / "v1.1", self.root):
+            for candidate in (base / "data" / "flood_events" / "HandLabeled", base / "flood_events" / "HandLabeled", base / "HandLabeled", base):
+                if (candidate / "LabelHand").is_dir():
+                    return candidate
+        raise ValueError(f"Sen1Floods11: no LabelHand/ folder found under {self.root} (expected [v1.1/]data/flood_events/HandLabeled/LabelHand)")
 
     def _split_file(self) -> Path:
-        name = SPLIT_FILES[self.split]
-        for candidate in (self.root / "splits" / "flood_handlabeled", self.root / "splits", self.root):
-            if (candidate / name).is_file():
-                return candidate / name
-        raise ValueError(f"Sen1Floods11: split file {name} not found under {self.root} (expected splits/flood_handlabeled/{name})")
+        """The split list: the CSV of the bucket, else the `.txt` list of the same name (TerraTorch, Prithvi)."""
+        csv_name = SPLIT_FILES[self.split]
+        folders = [base / sub for base in (self.root / "v1.1", self.root)
+                   for sub in (Path("splits") / "flood_handlabeled", Path("splits"), Path("."))]
+        for name in (csv_name, csv_name.replace(".csv", ".txt")):
+            for folder in folders:
+                if (folder / name).is_file():
+                    return folder / name
+        raise ValueError(
+            f"Sen1Floods11: split file {csv_name} (or {csv_name.replace('.csv', '.txt')}) not found under {self.root} "
+            f"(expected [v1.1/]splits/flood_handlabeled/{csv_name})"
+        )
 
     def _find_samples(self) -> list[Sample]:
         chips = self._chips_dir()
         split_file = self._split_file()
+        read = read_split_txt if split_file.suffix == ".txt" else read_split_csv
         samples = []
-        for s1_name, label_name in read_split_csv(split_file):
+        for s1_name, label_name in read(split_file):
             if not s1_name.endswith("_S1Hand.tif"):
                 raise ValueError(f"{split_file}: expected an S1Hand file name in the first column, got {s1_name!r}")
             chip = s1_name[: -len("_S1Hand.tif")]
