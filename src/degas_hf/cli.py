@@ -1,8 +1,11 @@
 """`degas-hf` command line: one sub-command per module in `degas_hf.commands`.
 
-Each command module defines `add_arguments(parser)` and `run(args) -> int`. Modules are imported only when
-their command runs, so `degas-hf --help` stays fast and a missing optional dependency of one command does not
-break the others.
+Each command module defines `add_arguments(parser)` and `run(args) -> int`. Only the chosen command's module is
+imported, and command modules import only the standard library at module level, so `degas-hf --help` and argument
+errors are immediate; the model classes are registered with transformers (`degas_hf.register_auto_classes`, which
+imports transformers and torch) right before the command runs. A missing optional dependency of one command does
+not break the others. The console script enters through `degas_hf_cli.main`, which keeps `import degas_hf` from
+registering eagerly.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
+    import degas_hf
+
+    degas_hf.register_auto_classes()
     return int(module.run(args) or 0)
 
 

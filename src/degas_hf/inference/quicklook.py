@@ -1,7 +1,9 @@
 """PNG quicklooks: an RGB view of the input beside the same view with the prediction overlaid (matplotlib Agg).
 
-Only decimated reads are made (at most `max_size` pixels on the long side), so a quicklook of a 10980 x 10980
-scene costs a few MB.
+Only decimated views are used (at most `max_size` pixels on the long side), so a quicklook of a 10980 x 10980
+scene costs a few MB. `degas-hf predict` fills them while it predicts (`SlidingWindowPredictor` with a
+`QuicklookSampler`) and calls `render_quicklook`: the scene is never decoded a second time. `save_quicklook` reads
+decimated views from sources, for outputs made otherwise.
 
 The rendering helpers (`rgb_image`, `rgb_band_indices`, `colorize`, `colorize_values`, `overlay`,
 `legend_entries`, `PALETTE`) are the one implementation that `degas-hf predict`, the model-card widget images
@@ -30,6 +32,7 @@ __all__ = [
     "overlay",
     "overlay_prediction",
     "quicklook_shape",
+    "render_quicklook",
     "rgb_band_indices",
     "rgb_composite",
     "rgb_image",
@@ -209,6 +212,40 @@ def save_quicklook(
         nodata: the prediction's nodata value (pixels left showing the RGB).
         id2label (`dict`, *optional*): class names for the legend.
     """
+    shape = quicklook_shape(source.height, source.width, max_size)
+    frames = source.read(bands=list(rgb_bands), out_shape=shape)
+    if hasattr(prediction, "read"):
+        predicted = prediction.read(out_shape=shape)[0, 0]
+    else:
+        predicted = np.asarray(prediction)
+        rows = np.linspace(0, predicted.shape[-2] - 1, shape[0]).round().astype(int)
+        cols = np.linspace(0, predicted.shape[-1] - 1, shape[1]).round().astype(int)
+        predicted = predicted[..., rows[:, None], cols[None, :]]
+        if predicted.ndim == 3:
+            predicted = predicted[0]
+    render_quicklook(path, frames, source.nodata, predicted, task=task, nodata=nodata, id2label=id2label,
+                     alpha=alpha, title=title)
+
+
+def render_quicklook(
+    path,
+    frames: np.ndarray,
+    frames_nodata: Sequence[float | None] | None,
+    predicted: np.ndarray,
+    task: str = "classification",
+    nodata=None,
+    id2label: dict | None = None,
+    alpha: float = CLASS_ALPHA,
+    title: str | None = None,
+) -> None:
+    """Write the quicklook PNG from decimated views already in memory.
+
+    Args:
+        frames (`np.ndarray` (T, 3 or 1, h, w)): raw RGB (or grey) values of every date; NaN or a date's
+            `frames_nodata` value where it holds no data.
+        predicted (`np.ndarray` (h, w)): classes or values on the same grid; NaN or `nodata` where none.
+        Other arguments: see `save_quicklook`.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -219,19 +256,9 @@ def save_quicklook(
 
     from ..io.geotiff import atomic_output
 
-    shape = quicklook_shape(source.height, source.width, max_size)
-    image = rgb_image(source.read(bands=list(rgb_bands), out_shape=shape), source.nodata)
-
-    if hasattr(prediction, "read"):
-        predicted = prediction.read(out_shape=shape)[0, 0]
-    else:
-        predicted = np.asarray(prediction)
-        rows = np.linspace(0, predicted.shape[-2] - 1, shape[0]).round().astype(int)
-        cols = np.linspace(0, predicted.shape[-1] - 1, shape[1]).round().astype(int)
-        predicted = predicted[..., rows[:, None], cols[None, :]]
-        if predicted.ndim == 3:
-            predicted = predicted[0]
-    predicted = predicted.astype(np.float64)
+    image = rgb_image(frames, frames_nodata)
+    shape = image.shape[:2]
+    predicted = np.asarray(predicted).astype(np.float64)
     missing = ~np.isfinite(predicted)
     if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
         missing |= predicted == nodata
@@ -256,6 +283,8 @@ def save_quicklook(
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    with atomic_output(path) as tmp:
-        figure.savefig(tmp, format="png")
-    plt.close(figure)
+    try:
+        with atomic_output(path) as tmp:
+            figure.savefig(tmp, format="png")
+    finally:
+        plt.close(figure)
