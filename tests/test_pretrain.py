@@ -160,7 +160,9 @@ def test_two_cpu_ranks_torchrun(tmp_path, synthetic_root):
         assert torch.equal(rank0[k], rank1[k]), k
     # the main process also exported the Hub-ready folder and wrote the checkpoints
     assert ck.find_latest_checkpoint(tmp_path / "ddp").name == "checkpoint-00000006"
-    assert (tmp_path / "ddp" / "checkpoint-00000006" / "random_states_1.pkl").exists()
+    last = tmp_path / "ddp" / "checkpoint-00000006"
+    assert (last / "rng_state_1.safetensors").exists() and (last / "rng_state_1.json").exists()
+    assert not list(last.glob("*.pkl")), "checkpoints hold no pickle"
 
     single = train(load_config(None, base_overrides(synthetic_root, tmp_path / "single", train__per_device_batch_size=4)))
     one = weights(Path(single["export_dir"]))

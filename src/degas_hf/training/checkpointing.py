@@ -8,19 +8,30 @@ manifest `COMPLETE` listing every file with its size and SHA-256, fsyncs, and re
 damaged later) is detected by :func:`verify_checkpoint` and skipped by :func:`find_latest_checkpoint`, which then
 falls back to the previous complete one.
 
+Nothing in a checkpoint is ever unpickled. Accelerate writes the model (safetensors) and the optimizer
+(`optimizer.bin`, read back with `torch.load(weights_only=True)`, which refuses anything but tensors and plain
+containers); every rank's RNG states go to `rng_state_<rank>.safetensors` (torch CPU / CUDA generators) and
+`rng_state_<rank>.json` (Python, NumPy); the scheduler and the data position live in `trainer_state.json`. The
+pickled `random_states_*.pkl` Accelerate writes are deleted before the manifest, and :func:`load_checkpoint`
+restores everything itself instead of calling `accelerator.load_state` (which unpickles `custom_checkpoint_*.pkl`).
+
 Multi-node runs need `output_dir` on a file system all nodes share (every rank writes its RNG state there).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +45,14 @@ __all__ = [
     "list_checkpoints",
     "find_latest_checkpoint",
     "load_trainer_state",
+    "load_checkpoint",
     "export_pretrained",
+    "CheckpointError",
 ]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be written or resumed from; the message says which and why, in one line."""
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-checkpoint-"
@@ -89,38 +106,106 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER)
 
 
+def _os_error(err: OSError, what: str) -> CheckpointError:
+    if err.errno == errno.ENOSPC:
+        return CheckpointError(f"no space left on device while {what}")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CheckpointError(f"cannot write while {what}: {err.strerror} ({err.filename or 'read-only'})")
+    return CheckpointError(f"{what} failed: {err.strerror or err}")
+
+
+def rng_state_files(rank: int) -> tuple[str, str]:
+    return f"rng_state_{rank}.safetensors", f"rng_state_{rank}.json"
+
+
+def save_rng_state(folder: Path, rank: int) -> None:
+    """This process's RNG states, without pickle: torch generators as uint8 tensors, Python / NumPy as JSON."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_{i}"] = state
+    st_name, json_name = rng_state_files(rank)
+    save_file(tensors, str(folder / st_name))
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    _write_json_atomic(folder / json_name, {
+        "python": {"version": version, "state": list(state), "gauss_next": gauss},
+        "numpy": {"name": name, "keys": [int(k) for k in keys], "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+    })
+
+
+def load_rng_state(folder: Path, rank: int) -> bool:
+    """Restore what :func:`save_rng_state` wrote; False when this rank has no saved state."""
+    import torch
+    from safetensors.torch import load_file
+
+    st_name, json_name = rng_state_files(rank)
+    if not (folder / st_name).is_file() or not (folder / json_name).is_file():
+        return False
+    tensors = load_file(str(folder / st_name))
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda_")), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    data = json.loads((folder / json_name).read_text())
+    py = data["python"]
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"]), py["gauss_next"]))
+    npy = data["numpy"]
+    np.random.set_state((npy["name"], np.asarray(npy["keys"], dtype=np.uint32), int(npy["pos"]), int(npy["has_gauss"]),
+                         float(npy["cached_gaussian"])))
+    return True
+
+
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, trainer_state: dict[str, Any],
                     keep_last: int | None = 3, checksums: bool = True) -> Path:
     """Save the full training state for `step` atomically. Call on EVERY process (save_state is collective).
 
     Returns the final `checkpoint-<step>` path. Keeps the newest `keep_last` complete checkpoints (None: all).
+    A failed write (disk full, read-only folder) removes the partial folder and raises :class:`CheckpointError`;
+    the previous checkpoints are untouched.
     """
     output_dir = Path(output_dir)
     final = output_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
     tmp = output_dir / f"{TMP_PREFIX}{step:08d}"
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _write_json_atomic(tmp / TRAINER_STATE, trainer_state)
-        manifest = {"step": int(step), "files": {}}
-        for p in _files(tmp):
-            _fsync_file(p)
-            entry = {"size": p.stat().st_size}
-            if checksums:
-                entry["sha256"] = _sha256(p)
-            manifest["files"][str(p.relative_to(tmp))] = entry
-        _write_json_atomic(tmp / COMPLETE_MARKER, manifest)
-        _fsync_dir(tmp)
-        if final.exists():  # a re-run of the same step (e.g. after resuming from an older checkpoint)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(output_dir)
-        prune_checkpoints(output_dir, step, keep_last)
+    try:
+        if accelerator.is_main_process:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        rank = getattr(accelerator, "process_index", 0)
+        pickled = tmp / f"random_states_{rank}.pkl"  # Accelerate's pickle; replaced by the files below
+        if pickled.exists():
+            pickled.unlink()
+        save_rng_state(tmp, rank)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            umask_permissions(tmp)
+            _write_json_atomic(tmp / TRAINER_STATE, trainer_state)
+            manifest = {"step": int(step), "files": {}}
+            for p in _files(tmp):
+                _fsync_file(p)
+                entry = {"size": p.stat().st_size}
+                if checksums:
+                    entry["sha256"] = _sha256(p)
+                manifest["files"][str(p.relative_to(tmp))] = entry
+            _write_json_atomic(tmp / COMPLETE_MARKER, manifest)
+            _fsync_dir(tmp)
+            if final.exists():  # a re-run of the same step (e.g. after resuming from an older checkpoint)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync_dir(output_dir)
+            prune_checkpoints(output_dir, step, keep_last)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = find_latest_checkpoint(output_dir, checksums=False)
+        kept = f"; the previous checkpoint {previous} is kept" if previous is not None else ""
+        raise CheckpointError(str(_os_error(err, f"saving {final.name} in {output_dir}")) + kept) from None
     accelerator.wait_for_everyone()
     return final
 
@@ -204,6 +289,79 @@ def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads((Path(path) / TRAINER_STATE).read_text())
 
 
+def load_checkpoint(accelerator, model, optimizer, scheduler, path: str | os.PathLike) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and this rank's RNG states from a checkpoint without unpickling
+    anything (see the module docstring). Returns the trainer state. Raises :class:`CheckpointError` when the
+    checkpoint holds another architecture or a file that is not plain tensors (a crafted pickle)."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    state = load_trainer_state(path)
+    distributed = str(getattr(accelerator, "distributed_type", ""))
+    if "FSDP" in distributed or "DEEPSPEED" in distributed:
+        # sharded states need Accelerate's loaders; none of our own objects is registered with it, and the RNG
+        # files it would unpickle are not in our checkpoints (restored below instead)
+        accelerator.load_state(str(path))
+    else:
+        unwrapped = accelerator.unwrap_model(model)
+        weights = path / "model.safetensors"
+        try:
+            saved = load_file(str(weights))
+        except Exception as err:  # noqa: BLE001 - safetensors raises several kinds on bad files
+            raise CheckpointError(f"cannot resume from {path}: {weights.name} is unreadable ({err})") from None
+        own = unwrapped.state_dict()
+        missing = [k for k in own if k not in saved]
+        unexpected = [k for k in saved if k not in own]
+        reshaped = [k for k in own if k in saved and tuple(own[k].shape) != tuple(saved[k].shape)]
+        if missing or unexpected or reshaped:
+            example = (f"{reshaped[0]}: {tuple(saved[reshaped[0]].shape)} in the checkpoint, "
+                       f"{tuple(own[reshaped[0]].shape)} here") if reshaped else (missing or unexpected)[0]
+            raise CheckpointError(
+                f"cannot resume from {path}: it holds another architecture ({len(missing)} missing, {len(unexpected)} "
+                f"unexpected, {len(reshaped)} differently shaped tensors, e.g. {example}); resume with the model "
+                "configuration it was written with")
+        unwrapped.load_state_dict(saved, strict=True)
+        try:
+            opt_state = torch.load(path / "optimizer.bin", map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - UnpicklingError for anything but tensors and plain containers
+            raise CheckpointError(f"cannot resume from {path}: optimizer.bin is not a plain tensor file "
+                                  f"(refused, nothing was executed): {str(err).splitlines()[0]}") from None
+        try:
+            optimizer.load_state_dict(opt_state)
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"cannot resume from {path}: the optimizer state does not fit this model "
+                                  f"({str(err).splitlines()[0]})") from None
+        scaler = getattr(accelerator, "scaler", None)
+        if scaler is not None and (path / "scaler.pt").is_file():
+            scaler.load_state_dict(torch.load(path / "scaler.pt", map_location="cpu", weights_only=True))
+    if scheduler is not None:
+        if "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
+        else:  # written by an older degas-hf (pickled scheduler, not loaded): the schedule is a function of the step
+            scheduler.last_epoch = int(state["step"]) - 1
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scheduler.step()
+    if not load_rng_state(path, getattr(accelerator, "process_index", 0)):
+        logger.warning("%s holds no RNG state for rank %d (written by an older degas-hf or by fewer processes); "
+                       "the run goes on from freshly seeded generators", path, getattr(accelerator, "process_index", 0))
+    return state
+
+
+def umask_permissions(folder: str | os.PathLike) -> None:
+    """Give files the permissions the user's umask allows (safetensors' `save_file` creates them 0600, unlike every
+    other file we write)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = 0o666 & ~mask
+    for p in Path(folder).rglob("*"):
+        if p.is_file() and not p.is_symlink() and (p.stat().st_mode & 0o777) == 0o600 and mode != 0o600:
+            os.chmod(p, mode)
+
+
 def clean_temporary(output_dir: str | os.PathLike) -> None:
     """Remove `.tmp-checkpoint-*` leftovers of a crashed save (main process only)."""
     output_dir = Path(output_dir)
@@ -238,6 +396,7 @@ def export_pretrained(model, processor, folder: str | os.PathLike, accelerator=N
         if processor is not None:
             type(processor).register_for_auto_class("AutoImageProcessor")
             processor.save_pretrained(folder)
+        umask_permissions(folder)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return folder

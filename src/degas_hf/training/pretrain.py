@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
 import json
 import logging
 import math
@@ -73,8 +74,9 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    format: str = "ssl4eo_s12"  # ssl4eo_s12 (raw GeoTIFF), ssl4eo_s12_zarr (v1.1, zarr extra), timeseries_folder
+    format: str = "ssl4eo_s12"  # ssl4eo_s12 (raw GeoTIFF), prepared (degas-hf prepare-ssl4eo), ssl4eo_s12_zarr, timeseries_folder
     root: str | None = None  # dataset folder (zarr: folder or file)
+    split: str | None = None  # ssl4eo_s12_zarr: train or val, when data.root holds both
     modality: str = "s2a"  # SSL4EO-S12: s2a (L2A), s2c (L1C), s1
     normalization: str | None = None  # image-processor preset; default from modality (ssl4eo-s12-l2a, ...)
     band_names: list | None = None  # default: the model's band_names
@@ -86,7 +88,9 @@ class DataSection:
     file_band_names: list | None = None  # timeseries_folder: band names of files without band descriptions
     nodata: float | None = None  # override the files' nodata value
     dn_offset: int | None = None  # ssl4eo_s12_zarr: subtracted from S2 values (default 1000, the zarr offset)
-    validate: str = "auto"  # ssl4eo_s12: auto, full, quick, none (checks the tree before training)
+    grid_size: int | None = None  # ssl4eo_s12: sample grid in pixels (default: the 10 m grid, 264 px)
+    shuffle_shards: int = 8  # prepared: shards whose samples are shuffled together (read locality)
+    validate: str = "auto"  # ssl4eo_s12: auto, full, quick, none (checks the tree before training); prepared: full = SHA-256
     num_workers: int = 4
     prefetch_factor: int = 4
     shuffle: bool = True
@@ -113,7 +117,7 @@ class TrainSection:
     seed: int = 0
     find_unused_parameters: bool = False  # DDP
     static_graph: bool = False  # DDP
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (degas_hf.training.compile.compile_model)
     threads: int | None = None  # torch.set_num_threads on CPU
     max_minutes: float | None = None  # also stop (checkpoint + export) once training ran this long; checked at log steps
 
@@ -138,6 +142,7 @@ class CheckpointSection:
 class PretrainConfig:
     output_dir: str = "runs/pretrain"
     export_dir: str | None = None  # Hub-ready folder at the end (default: OUTPUT_DIR/final)
+    overwrite: bool = False  # replace an existing export_dir model / a finished run in output_dir
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -150,6 +155,7 @@ class PretrainConfig:
 
 
 _SECTIONS = {f.name: f for f in fields(PretrainConfig)}
+DATA_FORMATS = ("ssl4eo_s12", "prepared", "ssl4eo_s12_zarr", "timeseries_folder")
 _FREE_FORM = {("model", "config")}  # dicts whose keys are checked later (against STSwinMAEConfig)
 
 
@@ -277,8 +283,20 @@ def _check(cfg: PretrainConfig) -> None:
         raise ConfigError("train.per_device_batch_size and train.gradient_accumulation_steps must be >= 1")
     if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got {cfg.train.mixed_precision!r}")
-    if cfg.data.format not in ("ssl4eo_s12", "ssl4eo_s12_zarr", "timeseries_folder"):
-        raise ConfigError(f"data.format must be ssl4eo_s12, ssl4eo_s12_zarr or timeseries_folder, got {cfg.data.format!r}")
+    if cfg.data.format not in DATA_FORMATS:
+        raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got {cfg.data.format!r}")
+    for key in ("crop_size", "grid_size", "num_frames"):
+        value = getattr(cfg.data, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"data.{key} must be a positive number of pixels/dates (or null for the default), "
+                              f"got {value}")
+    for section, key, low in (("data", "samples_per_item", 1), ("data", "num_workers", 0), ("data", "shuffle_shards", 1),
+                              ("data", "prefetch_factor", 1), ("checkpoint", "save_every", 0),
+                              ("checkpoint", "keep_last", 0), ("logging", "figure_every", 0)):
+        value = getattr(getattr(cfg, section), key)
+        if value < low:
+            extra = " (0 keeps every checkpoint)" if key == "keep_last" else ""
+            raise ConfigError(f"{section}.{key} must be >= {low}{extra}, got {value}")
     if not cfg.data.root:
         raise ConfigError("data.root is not set (the dataset folder)")
     if len(cfg.optim.betas) != 2:
@@ -334,6 +352,10 @@ def build_processor(cfg: PretrainConfig, model_config):
     from degas_hf.models.st_swin_mae.image_processing_st_swin_mae import STSwinMAEImageProcessor
 
     preset = cfg.data.normalization
+    if preset is None and cfg.data.format == "prepared":
+        from degas_hf.data.prepared import read_manifest
+
+        preset = read_manifest(cfg.data.root).get("normalization")  # written by prepare-ssl4eo for its source
     if preset is None:
         modality = _modality(cfg.data.modality)
         if cfg.data.format == "ssl4eo_s12_zarr" and modality != "s1":
@@ -349,9 +371,7 @@ def build_processor(cfg: PretrainConfig, model_config):
 def build_dataset(cfg: PretrainConfig, model_config, processor):
     """The training dataset, validated (missing bands / seasons, corrupt or empty folders raise DataError)."""
     from degas_hf.data.ssl4eo import SSL4EOS12Dataset, SSL4EOS12ZarrDataset
-    from degas_hf.data.timeseries_folder import TimeSeriesFolderDataset
-
-    from degas_hf.data.timeseries_folder import canonical_band_name
+    from degas_hf.data.timeseries_folder import TimeSeriesFolderDataset, canonical_band_name
 
     d = cfg.data
     bands = list(d.band_names or model_config.band_names)
@@ -361,13 +381,21 @@ def build_dataset(cfg: PretrainConfig, model_config, processor):
                           f"{list(model_config.band_names)})")
     crop = d.crop_size if d.crop_size is not None else int(model_config.image_size[0])
     seed = cfg.train.seed
+    # readers that can give raw values do: workers only decode and slice, normalisation runs in the training step
+    # on the accelerator (DeviceNormalizer), bit for bit the processor's arithmetic
     if d.format == "ssl4eo_s12":
         return SSL4EOS12Dataset(d.root, modality=d.modality, band_names=bands, crop_size=crop, processor=processor,
                                 seed=seed, validate=d.validate, nodata=d.nodata,
-                                samples_per_location=d.samples_per_item)
+                                samples_per_location=d.samples_per_item, grid_size=d.grid_size, output="raw")
+    if d.format == "prepared":
+        from degas_hf.data.prepared import PreparedDataset
+
+        return PreparedDataset(d.root, band_names=bands, crop_size=crop, processor=processor, seed=seed,
+                               samples_per_item=d.samples_per_item, validate=d.validate, output="raw")
     if d.format == "ssl4eo_s12_zarr":
         return SSL4EOS12ZarrDataset(d.root, band_names=bands, modality=d.modality, crop_size=crop,
-                                    processor=processor, seed=seed, dn_offset=d.dn_offset)
+                                    processor=processor, seed=seed, dn_offset=d.dn_offset, split=d.split,
+                                    samples_per_item=d.samples_per_item, output="raw")
     return TimeSeriesFolderDataset(d.root, band_names=bands, num_frames=d.num_frames or model_config.num_frames,
                                    frame_sampling=d.frame_sampling, crop_size=crop, processor=processor, seed=seed,
                                    samples_per_series=d.samples_per_item, file_band_names=d.file_band_names,
@@ -381,10 +409,16 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
     `batch_size * num_replicas` (the incomplete tail is dropped); rank r takes the r-th `batch_size` slice of each.
     So 2 ranks x batch b see exactly the samples of 1 rank x batch 2b. Iteration starts at global micro-batch
     `start` (the resume position) and never ends: the training loop stops it.
+
+    With `groups` (the `[start, stop)` index ranges of a prepared dataset's shards) the permutation keeps read
+    locality: the shard order is shuffled, then the samples of each run of `shuffle_groups` consecutive shards are
+    shuffled together, so at any time the readers of every rank and worker touch only a few shards (sequential
+    reads of large files, a warm page cache) while batches still mix `shuffle_groups` shards.
     """
 
     def __init__(self, num_samples: int, batch_size: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 shuffle: bool = True, start: int = 0):
+                 shuffle: bool = True, start: int = 0, groups: Sequence[tuple[int, int]] | None = None,
+                 shuffle_groups: int = 8):
         self.num_samples = int(num_samples)
         self.batch_size = int(batch_size)
         self.num_replicas = int(num_replicas)
@@ -392,6 +426,11 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
         self.seed = int(seed)
         self.shuffle = shuffle
         self.start = int(start)
+        self.groups = None if groups is None else [(int(a), int(b)) for a, b in groups]
+        self.shuffle_groups = max(1, int(shuffle_groups))
+        if self.groups is not None and sum(b - a for a, b in self.groups) != self.num_samples:
+            raise ValueError(f"groups cover {sum(b - a for a, b in self.groups)} samples, the dataset has "
+                             f"{self.num_samples}")
         self.global_batch = self.batch_size * self.num_replicas
         self.batches_per_epoch = self.num_samples // self.global_batch
         if self.batches_per_epoch < 1:
@@ -402,8 +441,15 @@ class ShardedBatchSampler(torch.utils.data.Sampler):
     def permutation(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(self.num_samples)
-        return np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFFFFFF, 7919, int(epoch)])).permutation(
-            self.num_samples)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFFFFFF, 7919, int(epoch)]))
+        if self.groups is None:
+            return rng.permutation(self.num_samples)
+        order = rng.permutation(len(self.groups))
+        runs = []
+        for i in range(0, len(order), self.shuffle_groups):
+            members = np.concatenate([np.arange(*self.groups[g]) for g in order[i:i + self.shuffle_groups]])
+            runs.append(rng.permutation(members))
+        return np.concatenate(runs)
 
     def __iter__(self):
         position = self.start
@@ -487,6 +533,89 @@ def _setup_logging(is_main: bool, output_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _resume_path(cfg: PretrainConfig, resume, output_dir: Path, ck) -> Path | None:
+    """The checkpoint to resume from (None: a fresh start); refuses a fresh start over existing checkpoints."""
+    if not resume:
+        if ck.list_checkpoints(output_dir):
+            raise ConfigError(f"{output_dir} already holds checkpoints; pass --resume to continue that run, or choose "
+                              "another output_dir")
+        return None
+    if resume is True or resume == "latest":
+        return ck.find_latest_checkpoint(output_dir, checksums=cfg.checkpoint.checksums)
+    path = Path(resume)
+    if not path.exists():
+        raise ConfigError(f"--resume {path}: no such checkpoint folder")
+    if not path.is_dir():
+        raise ConfigError(f"--resume {path}: not a folder (expected a checkpoint-<step> folder or a run's output_dir)")
+    if not (path / ck.COMPLETE_MARKER).exists() and ck.list_checkpoints(path):
+        latest = ck.find_latest_checkpoint(path, checksums=cfg.checkpoint.checksums)  # a run's output_dir
+        if latest is None:
+            raise ConfigError(f"--resume {path}: none of its checkpoints is complete")
+        return latest
+    ok, why = ck.verify_checkpoint(path, checksums=cfg.checkpoint.checksums)
+    if not ok:
+        raise ConfigError(f"cannot resume from {path}: {why}")
+    return path
+
+
+def _check_outputs(cfg: PretrainConfig, output_dir: Path, export_dir: Path, resuming: bool, ck) -> None:
+    """Refuse to replace a model or a finished run without `overwrite`, and check that the folders are writable,
+    before anything is built (one clear line instead of a traceback after the first steps)."""
+    if export_dir.is_file():
+        raise ConfigError(f"export_dir {export_dir} is a file, not a folder")
+    if export_dir.is_dir() and any(export_dir.iterdir()) and not cfg.overwrite:
+        if not (resuming and export_dir.resolve() == (output_dir / "final").resolve()):
+            raise ConfigError(f"export_dir {export_dir} already holds files (a saved model?); pass --overwrite "
+                              "(overwrite=true) to replace them, or choose another export_dir")
+    if output_dir.is_file():
+        raise ConfigError(f"output_dir {output_dir} is a file, not a folder")
+    if not resuming and not cfg.overwrite and output_dir.is_dir() and not ck.list_checkpoints(output_dir):
+        earlier = [n for n in ("log.jsonl", "final", "config.yaml") if (output_dir / n).exists()]
+        if earlier:
+            raise ConfigError(f"output_dir {output_dir} holds an earlier run ({', '.join(earlier)}); pass --overwrite "
+                              "(overwrite=true) to start again there (its log is kept as log.previous-*.jsonl), or "
+                              "choose another output_dir")
+    import tempfile
+
+    for name, folder in (("output_dir", output_dir), ("export_dir", export_dir)):
+        probe = folder
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".degas-write-test-", dir=probe)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as err:
+            raise ConfigError(f"{name} {folder} cannot be written ({probe}: {err.strerror or err})") from None
+
+
+def _prepare_log(log_path: Path, step: int, resumed: bool) -> None:
+    """Never truncate a log: a fresh start (overwrite) keeps the old one as `log.previous-<n>.jsonl`; a resume keeps
+    the lines up to the resume step (no step logged twice) and appends the lines past it, from the abandoned part
+    of the run, to `log.abandoned.jsonl`."""
+    if not log_path.exists():
+        return
+    if not resumed:
+        n = 1
+        while (aside := log_path.with_name(f"log.previous-{n}.jsonl")).exists():
+            n += 1
+        os.replace(log_path, aside)
+        return
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if _log_step(line) is not None and _log_step(line) <= step]
+    dropped = [line for line in lines if line not in kept]
+    if dropped:
+        with open(log_path.with_name("log.abandoned.jsonl"), "a") as f:
+            f.write("".join(line + "\n" for line in dropped))
+    tmp = log_path.with_name(log_path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, log_path)
+
+
+def _json_safe(obj):
+    return json.loads(json.dumps(obj, default=float))
+
+
 def train(cfg: PretrainConfig, resume: str | bool | None = None, return_model: bool = False) -> dict[str, Any]:
     """Run (or continue) pretraining. `resume`: False/None = fresh start (refuses to overwrite existing
     checkpoints), True/"latest" = the newest complete checkpoint in `output_dir` (fresh start if there is none),
@@ -507,6 +636,9 @@ def train(cfg: PretrainConfig, resume: str | bool | None = None, return_model: b
     model_config = build_model_config(cfg)
     processor = build_processor(cfg, model_config)
     dataset = build_dataset(cfg, model_config, processor)
+    normalizer = dataset.device_normalizer() if getattr(dataset, "output", "normalized") == "raw" else None
+    resume_path = _resume_path(cfg, resume, output_dir, ck)
+    _check_outputs(cfg, output_dir, export_dir, resuming=resume_path is not None, ck=ck)
 
     # ---- accelerator ----
     AcceleratorState._reset_state()  # allow several runs in one Python process (tests, demo)
@@ -527,44 +659,32 @@ def train(cfg: PretrainConfig, resume: str | bool | None = None, return_model: b
     is_main = accelerator.is_main_process
     _setup_logging(is_main, output_dir)
     set_seed(cfg.train.seed)
-
-    # ---- resume point ----
-    resume_path: Path | None = None
-    if resume:
-        if resume is True or resume == "latest":
-            resume_path = ck.find_latest_checkpoint(output_dir, checksums=cfg.checkpoint.checksums)
-            if resume_path is None:
-                logger.warning("--resume: no complete checkpoint in %s; starting from scratch", output_dir)
-        else:
-            resume_path = Path(resume)
-            ok, why = ck.verify_checkpoint(resume_path, checksums=cfg.checkpoint.checksums)
-            if not ok:
-                raise ConfigError(f"cannot resume from {resume_path}: {why}")
-    elif ck.list_checkpoints(output_dir):
-        raise ConfigError(f"{output_dir} already holds checkpoints; pass --resume to continue that run, or choose "
-                          "another output_dir")
+    if resume and resume_path is None:
+        logger.warning("--resume: no complete checkpoint in %s; starting from scratch", output_dir)
     if is_main:
         ck.clean_temporary(output_dir)
 
     # ---- model, optimizer, scheduler ----
     model = build_model(cfg, model_config)
     n_params = sum(p.numel() for p in model.parameters())
+    # fused AdamW on CUDA: one kernel for the whole update instead of a few per parameter tensor
+    fused = {"fused": True} if accelerator.device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                  betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+                                  betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, **fused)
     warmup = cfg.optim.warmup_steps or int(round(cfg.optim.warmup_ratio * cfg.train.max_steps))
     scheduler = cosine_with_warmup(optimizer, warmup, cfg.train.max_steps, cfg.optim.min_lr / cfg.optim.lr)
     if cfg.train.compile:
-        model = torch.compile(model)
+        from degas_hf.training.compile import compile_model
+
+        model = compile_model(model) or model
     model, optimizer = accelerator.prepare(model, optimizer)
     # The scheduler steps once per optimizer step whatever the number of processes (not prepared, so Accelerate
-    # does not step it num_processes times); it is still saved and restored with the state.
-    accelerator.register_for_checkpointing(scheduler)
+    # does not step it num_processes times); its state is saved in trainer_state.json (never pickled).
     unwrapped = accelerator.unwrap_model(model)
 
     step, micro_done = 0, 0
     if resume_path is not None:
-        accelerator.load_state(str(resume_path))
-        state = ck.load_trainer_state(resume_path)
+        state = ck.load_checkpoint(accelerator, model, optimizer, scheduler, resume_path)
         step, micro_done = int(state["step"]), int(state["micro_batches_done"])
         world = accelerator.num_processes * cfg.train.per_device_batch_size
         if state.get("global_micro_batch") != world or state.get("seed") != cfg.train.seed:
@@ -573,8 +693,10 @@ def train(cfg: PretrainConfig, resume: str | bool | None = None, return_model: b
                            world)
         logger.info("Resumed from %s at step %d", resume_path, step)
 
+    groups = dataset.shard_ranges() if hasattr(dataset, "shard_ranges") else None
     sampler = ShardedBatchSampler(len(dataset), cfg.train.per_device_batch_size, accelerator.num_processes,
-                                  accelerator.process_index, cfg.train.seed, cfg.data.shuffle, start=micro_done)
+                                  accelerator.process_index, cfg.train.seed, cfg.data.shuffle, start=micro_done,
+                                  groups=groups, shuffle_groups=cfg.data.shuffle_shards)
     from degas_hf.data.timeseries_folder import collate_pretraining
 
     workers = int(cfg.data.num_workers)
@@ -590,11 +712,7 @@ def train(cfg: PretrainConfig, resume: str | bool | None = None, return_model: b
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(_yaml_dump(cfg.to_dict()))
-        # keep only the log lines up to the resume point, so the curve has no duplicated steps
-        if log_path.exists():
-            kept = [line for line in log_path.read_text().splitlines()
-                    if line.strip() and _log_step(line) is not None and _log_step(line) <= step]
-            log_path.write_text("".join(line + "\n" for line in kept))
+        _prepare_log(log_path, step, resumed=resume_path is not None)
         logger.info("degas-hf pretrain: %s, %.2fM parameters, %d samples, %d process(es) x batch %d x accumulation "
                     "%d = %d samples/step, %d steps, mixed precision %s, device %s, %s", model_config.__class__.__name__,
                     n_params / 1e6, len(dataset), accelerator.num_processes, cfg.train.per_device_batch_size,
@@ -604,7 +722,9 @@ def train(cfg: PretrainConfig, resume: str | bool | None = None, return_model: b
     def trainer_state() -> dict[str, Any]:
         return {"step": step, "micro_batches_done": micro_done, "epoch": micro_done // sampler.batches_per_epoch,
                 "global_micro_batch": sampler.global_batch, "seed": cfg.train.seed,
-                "num_processes": accelerator.num_processes, "max_steps": cfg.train.max_steps}
+                "num_processes": accelerator.num_processes, "max_steps": cfg.train.max_steps,
+                "scheduler": _json_safe(scheduler.state_dict()), "model_type": model_config.model_type,
+                "num_parameters": n_params}
 
     from tqdm.auto import tqdm
 
@@ -620,8 +740,11 @@ def train(cfg: PretrainConfig, resume: str | bool | None = None, return_model: b
     data_iter = iter(loader)
     while step < cfg.train.max_steps:
         batch = next(data_iter)
-        pixel_values = batch["pixel_values"].to(accelerator.device, non_blocking=True)
-        valid_mask = batch["valid_mask"].to(accelerator.device, non_blocking=True)
+        if normalizer is not None:  # raw uint16 crops: normalised here, on the accelerator
+            pixel_values, valid_mask = normalizer(batch["raw_values"].to(accelerator.device, non_blocking=True))
+        else:
+            pixel_values = batch["pixel_values"].to(accelerator.device, non_blocking=True)
+            valid_mask = batch["valid_mask"].to(accelerator.device, non_blocking=True)
         grid = tuple(-(-s // p) for s, p in zip(pixel_values.shape[2:], model_config.patch_size))
         noise = sample_noise(batch["mask_seed"], math.prod(unwrapped.num_mask_units(grid))).to(accelerator.device)
         with accelerator.accumulate(model):
@@ -733,25 +856,86 @@ def _tensorboard_image(accelerator, png_path: Path, step: int) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML configuration (see configs/pretrain_degas_100m.yaml, docs/pretraining.md)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    parser.add_argument("config", nargs="?", help="YAML configuration (see configs/pretrain_degas_100m.yaml, "
+                        "docs/pretraining.md)")
+    # REMAINDER: overrides and options mix in any order (`CONFIG --resume a=1 b=2`); split in `_parse_command_line`
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
                         help="overrides of config keys, e.g. train.max_steps=100 data.root=/data/ssl4eo-s12")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                         help="continue from the newest complete checkpoint in output_dir (or from CHECKPOINT)")
     parser.add_argument("--output-dir", default=None, help="shortcut for output_dir=...")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing export_dir or a finished run in output_dir (overwrite=true)")
+
+
+def _looks_like_override(token: str | None) -> bool:
+    return token is not None and "=" in token and not token.startswith("-") and not os.path.exists(token)
+
+
+def _parse_command_line(args: argparse.Namespace) -> tuple[str, list[str], str | None]:
+    """(config, overrides, resume) from the parsed arguments, whatever the order of overrides and options."""
+    config, resume, overrides = args.config, args.resume, []
+    output_dir, overwrite = args.output_dir, bool(getattr(args, "overwrite", False))
+    # `--resume CONFIG KEY=VALUE...`: argparse took the config as the checkpoint
+    if resume not in (None, "latest") and (config is None or _looks_like_override(config)):
+        if config is not None:
+            overrides.append(config)
+        config, resume = resume, "latest"
+    tokens = list(args.overrides or [])
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+        if token == "--resume":
+            if nxt is not None and not nxt.startswith("-") and not _looks_like_override(nxt):
+                resume, i = nxt, i + 2
+            else:
+                resume, i = resume or "latest", i + 1
+            continue
+        if token.startswith("--resume="):
+            resume, i = token.split("=", 1)[1] or "latest", i + 1
+            continue
+        if token == "--output-dir":
+            if nxt is None:
+                raise ConfigError("--output-dir needs a folder")
+            output_dir, i = nxt, i + 2
+            continue
+        if token.startswith("--output-dir="):
+            output_dir, i = token.split("=", 1)[1], i + 1
+            continue
+        if token == "--overwrite":
+            overwrite, i = True, i + 1
+            continue
+        if token.startswith("-"):
+            raise ConfigError(f"unknown option {token!r} (options: --resume [CHECKPOINT], --output-dir DIR, "
+                              "--overwrite)")
+        if "=" not in token:
+            raise ConfigError(f"unexpected argument {token!r}: overrides are KEY=VALUE (e.g. train.max_steps=100)")
+        overrides.append(token)
+        i += 1
+    if config is None:
+        raise ConfigError("give a CONFIG (a YAML file or a shipped name such as pretrain_degas_100m)")
+    if output_dir:
+        overrides.append(f"output_dir={output_dir}")
+    if overwrite:
+        overrides.append("overwrite=true")
+    return config, overrides, resume
 
 
 def run(args: argparse.Namespace) -> int:
     from degas_hf.data.timeseries_folder import DataError
+    from degas_hf.training.checkpointing import CheckpointError
 
-    overrides = list(args.overrides)
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
     try:
-        cfg = load_config(_resolve_config(args.config), overrides)
-        summary = train(cfg, resume=args.resume)
-    except (ConfigError, DataError) as err:
+        config, overrides, resume = _parse_command_line(args)
+        cfg = load_config(_resolve_config(config), overrides)
+        summary = train(cfg, resume=resume)
+    except (ConfigError, DataError, CheckpointError) as err:
         print(f"degas-hf pretrain: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an output folder that became read-only or full after the checks
+        what = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        print(f"degas-hf pretrain: error: {what}" + (f" ({err.filename})" if err.filename else ""), file=sys.stderr)
         return 2
     if summary.get("process_index", 0) == 0:
         print(json.dumps({k: summary[k] for k in ("step", "loss", "export_dir", "last_checkpoint", "loss_curve")}))
