@@ -3,6 +3,7 @@
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -260,7 +261,7 @@ def test_window_attention_matches_naive_full_attention(grid):
     assert any(shift), "the test must exercise shifted windows"
     with torch.no_grad():
         expected = naive_swin_layer(blocks.layers[1], naive_swin_layer(blocks.layers[0], x, window, (0, 0, 0)), window, shift)
-        actual = blocks(x)
+        actual, _ = blocks(x)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -428,9 +429,14 @@ def test_segmentation_losses_and_regression():
 def test_concat_temporal_aggregation_needs_the_configured_frames():
     model = STSwinUNetForSemanticSegmentation(tiny_config(num_frames=4)).eval()
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 3, 32, 32)).logits.shape == (1, 3, 32, 32)  # 3 frames pad to 2 tokens too
-        with pytest.raises(ValueError, match="num_frames"):
-            model(torch.randn(1, 3, 6, 32, 32))
+        assert model(torch.randn(1, 3, 4, 32, 32)).logits.shape == (1, 3, 32, 32)
+        # 3 frames would pad to the same 2 temporal tokens, but the last date would be counted twice: refused.
+        for frames in (3, 6, 1):
+            with pytest.raises(ValueError, match=f"num_frames=4 dates, the input has {frames}"):
+                model(torch.randn(1, 3, frames, 32, 32))
+    mean_model = STSwinUNetForSemanticSegmentation(tiny_config(num_frames=4, temporal_aggregation="mean")).eval()
+    with torch.no_grad():
+        assert mean_model(torch.randn(1, 3, 3, 32, 32)).logits.shape == (1, 3, 32, 32)
 
 
 @pytest.mark.parametrize(
@@ -567,3 +573,220 @@ def test_mask_ratio_rounding_never_hides_every_unit():
     with torch.no_grad():
         mask = model(torch.randn(1, 3, 2, 8, 20), mask_seed=0).mask  # 1 x 2 x 5 = 10 units
     assert mask.mean().item() == pytest.approx(0.9)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Model API (issues 13 and 14): config validation, dtypes, valid_mask, attentions, hidden states, masks
+# ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(depths=(2, -1, 2, 1)), "`depths` must be"),
+        (dict(depths=(2, 0, 2, 1)), "`depths` must be"),
+        (dict(decoder_depths=(1, -1, 1)), "`decoder_depths` must hold"),
+        (dict(window_size=0), "`window_size` must hold"),
+        (dict(window_size=(2, -7, 7)), "`window_size` must hold"),
+        (dict(patch_size=(0, 4, 4)), "`patch_size` must hold"),
+        (dict(image_size=-224), "`image_size` must hold"),
+        (dict(mask_unit_size=(1, 0, 4)), "`mask_unit_size` must hold"),
+        (dict(embed_dim=0), "`embed_dim` must be"),
+        (dict(embed_dim=-128), "`embed_dim` must be"),
+        (dict(num_heads=(4, 0, 16, 32)), "`num_heads` must hold"),
+        (dict(decoder_num_heads=(16, 8, 0)), "`decoder_num_heads` must hold"),
+        (dict(mlp_ratio=0.0), "`mlp_ratio` must be"),
+        (dict(mask_ratio=1.0), "`mask_ratio` must be"),
+        (dict(mask_ratio=-0.1), "`mask_ratio` must be"),
+        (dict(hidden_dropout_prob=1.5), "`hidden_dropout_prob` must be"),
+        (dict(attention_probs_dropout_prob=-0.1), "`attention_probs_dropout_prob` must be"),
+        (dict(drop_path_rate=1.0), "`drop_path_rate` must be"),
+        (dict(layer_norm_eps=0.0), "`layer_norm_eps` must be"),
+        (dict(initializer_range=-0.02), "`initializer_range` must be"),
+        (dict(num_frames=0), "`num_frames` must be"),
+        (dict(temporal_aggregation="max"), "`temporal_aggregation` must be"),
+        (dict(band_names=("B02", "B02")), "`band_names` must be"),
+    ],
+)
+def test_config_refuses_each_invalid_field_with_one_clear_error(overrides, message):
+    with pytest.raises(ValueError, match=message) as error:
+        STSwinMAEConfig(**overrides)
+    assert "\n" not in str(error.value)
+
+
+def test_float64_pixel_values_are_cast_to_the_model_dtype():
+    config = tiny_config()
+    for model_class in ALL_MODEL_CLASSES:
+        model = model_class(config).eval()
+        inputs = inputs_for(model_class, config)
+        with torch.no_grad():
+            expected = float_outputs(model(**inputs))
+            actual = float_outputs(model(**{**inputs, "pixel_values": inputs["pixel_values"].double()}))
+        for key in expected:
+            assert actual[key].dtype == torch.float32, key
+            torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=0)
+
+
+def test_finite_check_is_a_switchable_eager_check_and_skipped_when_exporting():
+    nan_input = torch.full((1, 3, 4, 32, 32), float("nan"))
+    model = STSwinMAEModel(tiny_config()).eval()
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model(nan_input)
+    unchecked = STSwinMAEModel(tiny_config(check_finite_inputs=False)).eval()
+    with torch.no_grad():
+        assert torch.isnan(unchecked(nan_input).last_hidden_state).all()
+    # torch.export used to stop at the data-dependent `if not isfinite(...).all()`.
+    exported = torch.export.export(model, (torch.randn(1, 3, 4, 32, 32),))
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x).last_hidden_state, model(x).last_hidden_state, atol=1e-5, rtol=0)
+        # The eager model still checks after an export built its constants (no fake tensor left in the caches).
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            model(nan_input)
+        model(x)
+
+
+def test_every_class_accepts_valid_mask_and_checks_its_shape():
+    config = tiny_config()
+    valid = torch.ones(2, 4, 32, 32, dtype=torch.bool)
+    valid[:, :, :4] = False
+    for model_class in ALL_MODEL_CLASSES:
+        model = model_class(config).eval()
+        inputs = inputs_for(model_class, config)
+        with torch.no_grad():
+            model(**inputs, valid_mask=valid)
+        with pytest.raises(ValueError, match="valid_mask"):
+            model(**inputs, valid_mask=valid[:, 0])
+    encoder = STSwinMAEModel(config).eval()
+    x = inputs_for(STSwinMAEModel, config)["pixel_values"]
+    with torch.no_grad():  # the encoder accepts it and, as documented, does not use it
+        assert torch.equal(encoder(x, valid_mask=valid).last_hidden_state, encoder(x).last_hidden_state)
+
+
+def window_attention_oracle(layer, x, window, shift):
+    """Attention probabilities of one block from the naive full-grid attention, gathered into transformers' Swin
+    window layout (B * nW, heads, N, N): the window partition of the cyclically shifted grid."""
+    _, frames, height, width, channels = x.shape
+    lengths = torch.tensor([frames, height, width])
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n) for n in (frames, height, width)], indexing="ij"), -1).view(-1, 3)
+    window_t, shift_t = torch.tensor(window), torch.tensor(shift)
+    rolled = (grid - shift_t) % lengths
+    window_id, region = rolled // window_t, (rolled >= lengths - window_t).long() + ((rolled >= lengths - shift_t) & (shift_t > 0)).long()
+    allowed = (window_id[:, None] == window_id[None]).all(-1) & (region[:, None] == region[None]).all(-1)
+    attention = layer.attention
+    table_window = torch.tensor(attention.table_window)
+    span = 2 * table_window - 1
+    offset = torch.minimum((grid[:, None] - grid[None] + (table_window - 1)).clamp(min=0), span - 1)
+    bias = attention.relative_position_bias_table[offset[..., 0] * span[1] * span[2] + offset[..., 1] * span[2] + offset[..., 2]]
+    h = layer.layernorm_before(x.reshape(x.shape[0], -1, channels))
+    heads, d = attention.num_heads, attention.head_dim
+    q = attention.q_proj(h).view(x.shape[0], -1, heads, d).transpose(1, 2)
+    k = attention.k_proj(h).view(x.shape[0], -1, heads, d).transpose(1, 2)
+    scores = (q @ k.transpose(-1, -2) * d**-0.5 + bias.permute(2, 0, 1)).masked_fill(~allowed, float("-inf"))
+    probabilities = scores.softmax(-1)  # (B, heads, L, L)
+    # Token order inside the windows of the rolled grid, mapped back to original flat positions.
+    rolled_grid = grid.view(frames, height, width, 3)
+    original = ((rolled_grid + shift_t) % lengths)
+    flat = original[..., 0] * height * width + original[..., 1] * width + original[..., 2]
+    order = flat.view(frames // window[0], window[0], height // window[1], window[1], width // window[2], window[2])
+    order = order.permute(0, 2, 4, 1, 3, 5).reshape(-1, math.prod(window))  # (nW, N)
+    gathered = probabilities[:, :, order[:, :, None], order[:, None, :]]  # (B, heads, nW, N, N)
+    return gathered.permute(0, 2, 1, 3, 4).reshape(-1, heads, order.shape[1], order.shape[1])
+
+
+def test_attention_probabilities_match_the_naive_oracle_in_swin_window_layout():
+    config = tiny_config(window_size=(2, 4, 4))
+    blocks = STSwinMAEBlocks(config, dim=16, depth=2, num_heads=2, drop_path_rates=[0.0, 0.0]).eval()
+    for p in blocks.parameters():
+        torch.nn.init.normal_(p, std=0.5) if p.ndim == 2 and p.shape[1] == 2 else None
+    x = torch.randn(2, 4, 8, 8, 16)
+    window, shift = effective_window_and_shift((4, 8, 8), config.window_size, (1, 2, 2))
+    with torch.no_grad():
+        after_first = blocks.layers[0](x, window_size=window)[0]
+        out, attentions = blocks(x, output_attentions=True)
+        expected = [window_attention_oracle(blocks.layers[0], x, window, (0, 0, 0)),
+                    window_attention_oracle(blocks.layers[1], after_first, window, shift)]
+    assert len(attentions) == 2
+    for actual, oracle in zip(attentions, expected):
+        assert actual.shape == (2 * 2 * 2 * 2, 2, 32, 32)  # (B * nW, heads, N, N)
+        torch.testing.assert_close(actual, oracle, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out, blocks(x)[0])  # asking for the probabilities does not change the result
+
+
+@pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
+def test_output_attentions_on_sdpa_falls_back_to_eager(model_class):
+    config = tiny_config()
+    sdpa = model_class(config).eval()
+    eager = model_class(copy.deepcopy(config)).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    eager.set_attn_implementation("eager")
+    inputs = inputs_for(model_class, config)
+    with torch.no_grad():
+        a = sdpa(**inputs, output_attentions=True)
+        b = eager(**inputs, output_attentions=True)
+        plain = sdpa(**inputs)
+    assert plain.attentions is None and a.hidden_states is None
+    assert len(a.attentions) == sum(config.depths)
+    for x, y in zip(a.attentions, b.attentions):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
+        torch.testing.assert_close(x.sum(-1), torch.ones_like(x.sum(-1)), atol=1e-5, rtol=0)
+    for key, value in float_outputs(plain).items():
+        torch.testing.assert_close(a[key], value, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
+def test_hidden_states_are_tokens_of_the_computation(model_class):
+    config = tiny_config()
+    model = model_class(config).train()
+    inputs = inputs_for(model_class, config)
+    output = model(**inputs, output_hidden_states=True, output_attentions=True)
+    assert len(output.hidden_states) == len(output.reshaped_hidden_states) == len(config.depths) + 1
+    grids = [(2, 8, 8), (2, 8, 8), (2, 4, 4), (2, 2, 2), (2, 1, 1)]
+    for s, (tokens, maps) in enumerate(zip(output.hidden_states, output.reshaped_hidden_states)):
+        channels = config.embed_dim * 2 ** max(s - 1, 0)
+        assert tokens.shape == (2, math.prod(grids[s]), channels)  # the same token layout in every class
+        assert maps.shape == (2, channels, *grids[s])
+        torch.testing.assert_close(maps.flatten(2).transpose(1, 2), tokens, atol=0, rtol=0)
+    for state in (*output.hidden_states, output.attentions[0]):
+        state.retain_grad()
+    if model_class is STSwinMAEModel:  # (a plain sum or sum of squares of layer-normed tokens is constant)
+        loss = (output.last_hidden_state * torch.randn(output.last_hidden_state.shape)).sum()
+    else:
+        loss = output.loss
+    loss.backward()
+    for s, state in enumerate(output.hidden_states):
+        assert state.grad is not None and state.grad.abs().sum() > 0, f"hidden_states[{s}]"
+    assert output.attentions[0].grad is not None
+
+
+def test_bool_masked_pos_and_noise_in_the_flat_videomae_form():
+    config = tiny_config(mask_unit_size=(1, 2, 2))
+    encoder = STSwinMAEModel(config, use_mask_token=True).eval()
+    torch.nn.init.normal_(encoder.embeddings.mask_token)
+    x = torch.randn(2, 3, 4, 32, 32)
+    grid_mask = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(0)) > 0.5
+    with torch.no_grad():
+        by_grid = encoder(x, bool_masked_pos=grid_mask).last_hidden_state
+        by_flat = encoder(x, bool_masked_pos=grid_mask.flatten(1)).last_hidden_state
+        unmasked = encoder(x).last_hidden_state
+    assert torch.equal(by_grid, by_flat) and not torch.allclose(by_grid, unmasked)
+    for bad in (torch.zeros(2, 100, dtype=torch.bool), torch.zeros(2, 8, 8, dtype=torch.bool)):
+        with pytest.raises(ValueError, match=r"\(batch, num_patches\) = \(2, 128\)"):
+            encoder(x, bool_masked_pos=bad)
+
+    model = STSwinMAEForPreTraining(config).eval()
+    with torch.no_grad():
+        given = model(x, bool_masked_pos=grid_mask.flatten(1))
+    token_mask = given.mask[:, ::2, ::4, ::4]  # one value per token (patch 2 x 4 x 4)
+    assert torch.equal(token_mask.bool(), grid_mask)
+    with pytest.raises(ValueError, match="either"):
+        model(x, bool_masked_pos=grid_mask, mask_seed=0)
+    # Noise: per mask unit (flat or grid) and per token (flat VideoMAE form or grid) choose the same units.
+    unit_noise = torch.rand(2, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    token_noise = unit_noise.repeat_interleave(2, 2).repeat_interleave(2, 3)  # (2, 2, 8, 8): each unit's value
+    with torch.no_grad():
+        masks = [model(x, noise=n).mask for n in (unit_noise.flatten(1), unit_noise, token_noise.flatten(1), token_noise)]
+    for mask in masks[1:]:
+        assert torch.equal(mask, masks[0])
+    with pytest.raises(ValueError, match=r"one value per token \(batch_size, num_patches\) = \(2, 128\)"):
+        model(x, noise=torch.rand(2, 33))

@@ -119,6 +119,11 @@ class STSwinMAEConfig(PretrainedConfig):
             `"mean"` (average over time; any T).
         semantic_loss_ignore_index (`int`, defaults to -100):
             Label value ignored by the segmentation loss.
+        check_finite_inputs (`bool`, defaults to `True`):
+            Whether the forward raises a ValueError on NaN/Inf `pixel_values` (and on out-of-range class labels).
+            These checks read the data, so on an accelerator each costs a host-device sync; they are skipped
+            anyway while `torch.compile`, `torch.export` or `torch.jit.trace` traces the model. Set it to `False`
+            for throughput when the data are known to be clean (the image processor fills nodata).
     """
 
     model_type = "st_swin_mae"
@@ -149,6 +154,7 @@ class STSwinMAEConfig(PretrainedConfig):
         norm_pix_loss=False,
         temporal_aggregation="concat",
         semantic_loss_ignore_index=-100,
+        check_finite_inputs=True,
         **kwargs,
     ):
         kwargs.pop("num_channels", None)  # derived from band_names; present in saved config.json
@@ -177,10 +183,39 @@ class STSwinMAEConfig(PretrainedConfig):
         self.norm_pix_loss = bool(norm_pix_loss)
         self.temporal_aggregation = temporal_aggregation
         self.semantic_loss_ignore_index = int(semantic_loss_ignore_index)
+        self.check_finite_inputs = bool(check_finite_inputs)
         self._check()
         super().__init__(**kwargs)
 
     def _check(self):
+        """One clear ValueError per inconsistent field (also run when a config.json is loaded)."""
+        positive_tuples = {
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "window_size": self.window_size,
+            "mask_unit_size": self.mask_unit_size,
+            "num_heads": self.num_heads,
+            "decoder_num_heads": self.decoder_num_heads,
+        }
+        for name, values in positive_tuples.items():
+            if any(v < 1 for v in values):
+                raise ValueError(f"`{name}` must hold integers >= 1, got {list(values)}")
+        if len(self.depths) == 0 or any(d < 1 for d in self.depths):
+            raise ValueError(f"`depths` must be a non-empty list of integers >= 1 (blocks per stage), got {self.depths}")
+        if any(d < 0 for d in self.decoder_depths):
+            raise ValueError(f"`decoder_depths` must hold integers >= 0 (blocks per decoder stage), got {self.decoder_depths}")
+        if self.embed_dim < 1:
+            raise ValueError(f"`embed_dim` must be an integer >= 1, got {self.embed_dim}")
+        if not self.mlp_ratio > 0 or self.mlp_ratio * self.embed_dim < 1:
+            raise ValueError(f"`mlp_ratio` must be > 0 and leave at least one hidden unit, got {self.mlp_ratio}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"`layer_norm_eps` must be > 0, got {self.layer_norm_eps}")
+        if not self.initializer_range >= 0:
+            raise ValueError(f"`initializer_range` must be >= 0, got {self.initializer_range}")
         if len(self.depths) != len(self.num_heads):
             raise ValueError(f"`depths` {self.depths} and `num_heads` {self.num_heads} must have the same length")
         if len(self.decoder_depths) != len(self.depths) - 1:

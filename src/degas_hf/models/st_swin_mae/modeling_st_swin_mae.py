@@ -41,6 +41,23 @@ MASK_VALUE = -100.0
 # ----------------------------------------------------------------------------------------------------------
 
 
+# Shared wording of the optional outputs (the same in every output class).
+_HIDDEN_STATES_DOC = """hidden_states (`tuple(torch.FloatTensor)`, returned with `output_hidden_states=True`):
+            The patch embeddings, then the output of each encoder stage (before the final layer norm), as tokens
+            `(batch_size, num_tokens_s, channels_s)` flattened in (frames', height_s, width_s) order. They are the
+            tensors the computation goes on from, so `retain_grad()` on them works.
+        attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True`):
+            Attention probabilities of every encoder block (`sum(config.depths)` entries, in order), each
+            `(batch_size * num_windows, num_heads, window_tokens, window_tokens)` as transformers' Swin lays them
+            out: windows ordered batch-major, then (frames', height', width') window rows; `window_tokens` =
+            Wt * Wh * Ww of the block's effective window (clamped where the grid is smaller than the window); for
+            shifted blocks, windows of the cyclically shifted (and end-padded) grid. Computed on the eager path
+            (an SDPA model switches to it for that call).
+        reshaped_hidden_states (`tuple(torch.FloatTensor)`, returned with `output_hidden_states=True`):
+            The same states as feature maps `(batch_size, channels_s, frames', height_s, width_s)` (views of
+            `hidden_states`)."""
+
+
 @dataclass
 class STSwinMAEModelOutput(ModelOutput):
     """
@@ -51,15 +68,13 @@ class STSwinMAEModelOutput(ModelOutput):
             Normalised tokens of the last stage, flattened in (frames', height', width') order.
         pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
             Mean of `last_hidden_state` over the tokens.
-        hidden_states (`tuple(torch.FloatTensor)`, returned with `output_hidden_states=True`):
-            Patch embeddings, then the output of each stage, each `(batch_size, num_tokens_s, channels_s)`.
-        reshaped_hidden_states (`tuple(torch.FloatTensor)`, returned with `output_hidden_states=True`):
-            The same as feature maps `(batch_size, channels_s, frames', height_s, width_s)`.
+        HIDDEN_STATES_DOC
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     reshaped_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
@@ -76,15 +91,35 @@ class STSwinMAEForPreTrainingOutput(ModelOutput):
             statistics are undone so it is comparable with the input).
         mask (`torch.FloatTensor` of shape `(batch_size, frames, height, width)`):
             1.0 where the pixel belonged to a masked (hidden) token, 0.0 where it was visible.
-        hidden_states, reshaped_hidden_states:
-            Encoder states, as in [`STSwinMAEModelOutput`], returned with `output_hidden_states=True`.
+        HIDDEN_STATES_DOC
     """
 
     loss: torch.FloatTensor | None = None
     reconstruction: torch.FloatTensor | None = None
     mask: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     reshaped_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class STSwinUNetSemanticSegmenterOutput(SemanticSegmenterOutput):
+    """
+    Output of ST-SwinUNet: transformers' `SemanticSegmenterOutput` plus the feature maps.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned when `labels` are given):
+            Cross-entropy (classification) or mean squared error (regression) over labelled pixels with data.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_labels, height, width)`):
+            Per-pixel scores at the input's resolution.
+        HIDDEN_STATES_DOC
+    """
+
+    reshaped_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+for _output_class in (STSwinMAEModelOutput, STSwinMAEForPreTrainingOutput, STSwinUNetSemanticSegmenterOutput):
+    _output_class.__doc__ = _output_class.__doc__.replace("HIDDEN_STATES_DOC", _HIDDEN_STATES_DOC)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,6 +200,11 @@ def shift_window_mask(
 
 _DEVICE_CACHE: dict = {}
 
+try:  # while torch.export traces, new tensors are fake unless this lifts the fake mode
+    from torch._subclasses.fake_tensor import unset_fake_temporarily as _real_tensors
+except ImportError:  # pragma: no cover - older or newer torch without it
+    from contextlib import nullcontext as _real_tensors
+
 
 def _device_cached(builder, *key, device: torch.device) -> torch.Tensor:
     """`builder(*key)` (itself cached on CPU), copied once to `device` and remembered there."""
@@ -173,10 +213,33 @@ def _device_cached(builder, *key, device: torch.device) -> torch.Tensor:
         if len(_DEVICE_CACHE) > 256:
             _DEVICE_CACHE.clear()
         # Built outside inference mode even when first needed there: an inference tensor in the cache would
-        # break every later forward that records autograd (predict first, then fine-tune, in one process).
-        with torch.inference_mode(False), torch.no_grad():
+        # break every later forward that records autograd (predict first, then fine-tune, in one process). Built
+        # as real tensors even when torch.export traces with fake ones: a fake tensor kept here would poison every
+        # later export and forward.
+        with torch.inference_mode(False), torch.no_grad(), _real_tensors():
             _DEVICE_CACHE[cache_key] = builder(*key).to(device)
     return _DEVICE_CACHE[cache_key]
+
+
+def is_tracing() -> bool:
+    """True while torch.compile / torch.export (dynamo or not) / torch.jit.trace is building a graph."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def token_mask_grid(bool_masked_pos: torch.Tensor, batch_size: int, token_grid: tuple[int, int, int]) -> torch.Tensor:
+    """`bool_masked_pos` as a (B, T', H', W') bool grid. Accepted: that grid, or the flat VideoMAE/ViTMAE form
+    (B, num_patches) with num_patches = T' * H' * W' tokens in (frames', height', width') order."""
+    grid_shape = (batch_size, *token_grid)
+    if not isinstance(bool_masked_pos, torch.Tensor):
+        raise ValueError(f"`bool_masked_pos` must be a torch.Tensor, got {type(bool_masked_pos).__name__}")
+    if tuple(bool_masked_pos.shape) == (batch_size, math.prod(token_grid)):
+        bool_masked_pos = bool_masked_pos.view(grid_shape)
+    elif tuple(bool_masked_pos.shape) != grid_shape:
+        raise ValueError(
+            f"`bool_masked_pos` must have shape (batch, frames', height', width') = {grid_shape} or (batch, num_patches) = "
+            f"{(batch_size, math.prod(token_grid))} for a {token_grid} token grid, got {tuple(bool_masked_pos.shape)}"
+        )
+    return bool_masked_pos.bool()
 
 
 def linear_rates(maximum: float, count: int) -> list[float]:
@@ -184,13 +247,25 @@ def linear_rates(maximum: float, count: int) -> list[float]:
     return [maximum * i / max(count - 1, 1) for i in range(count)]
 
 
-def hidden_state_outputs(embeddings: torch.Tensor, stage_outputs: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
-    """The embeddings and every stage output, as tokens (B, N_s, C_s) and as feature maps (B, C_s, T', H_s, W_s)."""
-    states = [embeddings, *stage_outputs]
-    return {
-        "hidden_states": tuple(state.flatten(1, 3) for state in states),
-        "reshaped_hidden_states": tuple(state.permute(0, 4, 1, 2, 3) for state in states),
-    }
+def as_tokens_and_grid(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, H, W, C) -> the tokens (B, T*H*W, C) and a (B, T, H, W, C) view OF THOSE TOKENS. Computing on from
+    the view puts the token tensor itself in the graph, so a returned hidden state can `retain_grad()`."""
+    tokens = grid.flatten(1, 3)
+    return tokens, tokens.view(grid.shape)
+
+
+def hidden_state_outputs(
+    encoder_outputs: "STSwinMAEEncoderOutput", output_hidden_states: bool, output_attentions: bool
+) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The optional output fields: token states (B, N_s, C_s), their feature-map views (B, C_s, T', H_s, W_s), and
+    the attention probabilities of every encoder block."""
+    outputs = {}
+    if output_hidden_states:
+        outputs["hidden_states"] = tuple(encoder_outputs.token_states)
+        outputs["reshaped_hidden_states"] = tuple(grid.permute(0, 4, 1, 2, 3) for grid in encoder_outputs.grids)
+    if output_attentions:
+        outputs["attentions"] = encoder_outputs.attentions
+    return outputs
 
 
 def drop_path(hidden_states: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
@@ -331,15 +406,20 @@ class STSwinMAESelfAttention(nn.Module):
         return bias.permute(2, 0, 1)
 
     def forward(
-        self, windows: torch.Tensor, window_size: tuple[int, int, int], shift_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self,
+        windows: torch.Tensor,
+        window_size: tuple[int, int, int],
+        shift_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             windows: (B * nW, N, C) tokens grouped by window.
             window_size: the effective (t, h, w) window, N = t * h * w.
             shift_mask: (nW, N, N) additive mask of the shifted windows, or None.
+            output_attentions: also return the attention probabilities (computed on the eager path).
         Returns:
-            (B * nW, N, C)
+            (B * nW, N, C), and the probabilities (B * nW, heads, N, N) or None.
         """
         num_windows_total, num_tokens, channels = windows.shape
         hidden_shape = (num_windows_total, num_tokens, self.num_heads, self.head_dim)
@@ -348,16 +428,24 @@ class STSwinMAESelfAttention(nn.Module):
         value = self.v_proj(windows).view(hidden_shape).transpose(1, 2)
 
         mask = self.relative_position_bias(window_size, windows.device).unsqueeze(0)  # (1, heads, N, N)
-        if shift_mask is not None:
+        fold = shift_mask is not None and not output_attentions
+        if fold:
             num_windows = shift_mask.shape[0]
             mask = (mask + shift_mask.unsqueeze(1)).reshape(1, num_windows * self.num_heads, num_tokens, num_tokens)
             # (B * nW, heads, N, d) -> (B, nW * heads, N, d): the same memory, the mask broadcasts over B.
-            fold = (-1, num_windows * self.num_heads, num_tokens, self.head_dim)
-            query, key, value = query.reshape(fold), key.reshape(fold), value.reshape(fold)
+            folded = (-1, num_windows * self.num_heads, num_tokens, self.head_dim)
+            query, key, value = query.reshape(folded), key.reshape(folded), value.reshape(folded)
+        elif shift_mask is not None:
+            # Probabilities asked for: keep the (B * nW, heads, N, N) layout, so the returned tensor is the one the
+            # computation used (`retain_grad()` works); the eager path materialises scores of that size anyway.
+            mask = (mask + shift_mask.unsqueeze(1)).repeat(num_windows_total // shift_mask.shape[0], 1, 1, 1)
         mask = mask.to(query.dtype)
 
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        attn_output, _ = attention_interface(
+        if output_attentions:  # fused kernels do not return the probabilities (transformers does the same)
+            attention_interface = eager_attention_forward
+        else:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        attn_output, attn_weights = attention_interface(
             self,
             query,
             key,
@@ -368,10 +456,11 @@ class STSwinMAESelfAttention(nn.Module):
             is_causal=False,
         )
         # attn_output: (B', N, heads', d) -> (B * nW, N, C)
-        if shift_mask is not None:
+        if fold:
             attn_output = attn_output.view(-1, num_tokens, shift_mask.shape[0], self.num_heads, self.head_dim)
             attn_output = attn_output.transpose(1, 2)
-        return self.o_proj(attn_output.reshape(num_windows_total, num_tokens, channels))
+        attn_output = self.o_proj(attn_output.reshape(num_windows_total, num_tokens, channels))
+        return attn_output, attn_weights if output_attentions else None
 
 
 class STSwinMAEMLP(nn.Module):
@@ -411,8 +500,9 @@ class STSwinMAELayer(GradientCheckpointingLayer):
         window_size: tuple[int, int, int] = (1, 1, 1),
         shift_size: tuple[int, int, int] = (0, 0, 0),
         shift_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """(B, T, H, W, C) -> (B, T, H, W, C)."""
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, H, W, C) -> (B, T, H, W, C), and the attention probabilities (B * nW, heads, N, N) or None."""
         batch_size, frames, height, width, channels = hidden_states.shape
         shortcut = hidden_states
         hidden_states = pad_to_multiple(self.layernorm_before(hidden_states), window_size)
@@ -420,14 +510,14 @@ class STSwinMAELayer(GradientCheckpointingLayer):
         if any(shift_size):
             hidden_states = torch.roll(hidden_states, shifts=tuple(-s for s in shift_size), dims=(1, 2, 3))
         windows = window_partition(hidden_states, window_size)
-        windows = self.attention(windows, window_size, shift_mask)
+        windows, attn_weights = self.attention(windows, window_size, shift_mask, output_attentions=output_attentions)
         hidden_states = window_reverse(self.dropout(windows), window_size, padded_grid)
         if any(shift_size):
             hidden_states = torch.roll(hidden_states, shifts=shift_size, dims=(1, 2, 3))
         hidden_states = hidden_states[:, :frames, :height, :width].contiguous()
         hidden_states = shortcut + drop_path(hidden_states, self.drop_path_rate, self.training)
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
-        return hidden_states + drop_path(mlp_output, self.drop_path_rate, self.training)
+        return hidden_states + drop_path(mlp_output, self.drop_path_rate, self.training), attn_weights
 
 
 class STSwinMAEBlocks(nn.Module):
@@ -440,18 +530,26 @@ class STSwinMAEBlocks(nn.Module):
             [STSwinMAELayer(config, dim, num_heads, drop_path_rates[i], shifted=i % 2 == 1) for i in range(depth)]
         )
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(B, T, H, W, C) -> (B, T, H, W, C), and each block's attention probabilities (empty unless asked)."""
         grid = tuple(hidden_states.shape[1:4])
         shifted = tuple(w // 2 for w in self.window_size)
         window, shift = effective_window_and_shift(grid, self.window_size, shifted)
         padded_grid = tuple(-(-g // w) * w for g, w in zip(grid, window))
         shift_mask = shift_window_mask(padded_grid, window, shift, hidden_states.device) if any(shift) else None
+        attentions = ()
         for layer in self.layers:
             if any(layer.shift_size):
-                hidden_states = layer(hidden_states, window_size=window, shift_size=shift, shift_mask=shift_mask)
+                hidden_states, attn_weights = layer(
+                    hidden_states, window_size=window, shift_size=shift, shift_mask=shift_mask, output_attentions=output_attentions
+                )
             else:
-                hidden_states = layer(hidden_states, window_size=window)
-        return hidden_states
+                hidden_states, attn_weights = layer(hidden_states, window_size=window, output_attentions=output_attentions)
+            if output_attentions:
+                attentions += (attn_weights,)
+        return hidden_states, attentions
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -509,10 +607,10 @@ class STSwinMAEStage(nn.Module):
         self.downsample = STSwinMAEPatchMerging(config, dim // 2) if stage_index > 0 else None
         self.blocks = STSwinMAEBlocks(config, dim, config.depths[stage_index], config.num_heads[stage_index], drop_path_rates)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         if self.downsample is not None:
             hidden_states = self.downsample(hidden_states)
-        return self.blocks(hidden_states)
+        return self.blocks(hidden_states, output_attentions=output_attentions)
 
 
 class STSwinMAEEncoder(nn.Module):
@@ -525,13 +623,37 @@ class STSwinMAEEncoder(nn.Module):
         )
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states: torch.Tensor) -> list[torch.Tensor]:
-        """(B, T', H', W', embed_dim) -> the output of every stage, (B, T', H_s, W_s, C_s), finest first."""
-        stage_outputs = []
-        for stage in self.stages:
-            hidden_states = stage(hidden_states)
-            stage_outputs.append(hidden_states)
-        return stage_outputs
+    def forward(self, embeddings: torch.Tensor, output_attentions: bool = False) -> "STSwinMAEEncoderOutput":
+        """(B, T', H', W', embed_dim) -> the embeddings and every stage's output (finest first), as tokens and as
+        grids; each stage computes on from the previous token tensor (see `as_tokens_and_grid`)."""
+        token_states, grids, attentions = [], [], ()
+        hidden_states = embeddings
+        for stage in [None, *self.stages]:
+            if stage is not None:
+                hidden_states, stage_attentions = stage(hidden_states, output_attentions=output_attentions)
+                attentions += stage_attentions
+            tokens, hidden_states = as_tokens_and_grid(hidden_states)
+            token_states.append(tokens)
+            grids.append(hidden_states)
+        return STSwinMAEEncoderOutput(token_states=token_states, grids=grids, attentions=attentions)
+
+
+@dataclass
+class STSwinMAEEncoderOutput:
+    """What the encoder hands to the heads (internal).
+
+    token_states: embeddings then each stage's output, (B, N_s, C_s).
+    grids: the same tensors as (B, T', H_s, W_s, C_s) views; `grids[1:]` are the stage outputs the decoder uses.
+    attentions: every block's attention probabilities when asked, else ().
+    """
+
+    token_states: list[torch.Tensor]
+    grids: list[torch.Tensor]
+    attentions: tuple[torch.Tensor, ...]
+
+    @property
+    def stage_outputs(self) -> list[torch.Tensor]:
+        return self.grids[1:]
 
 
 class STSwinMAEDecoderStage(nn.Module):
@@ -555,7 +677,7 @@ class STSwinMAEDecoderStage(nn.Module):
         hidden_states = hidden_states[:, : target_grid[0], : target_grid[1], : target_grid[2]]
         if self.skip_fusion is not None:
             hidden_states = self.skip_fusion(torch.cat([hidden_states, skip], dim=-1))
-        return self.blocks(hidden_states)
+        return self.blocks(hidden_states)[0]
 
 
 class STSwinMAEDecoder(nn.Module):
@@ -630,8 +752,17 @@ class STSwinMAEPreTrainedModel(PreTrainedModel):
             self.config.auto_map = auto_map
         return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def _validate_inputs(self, pixel_values: torch.Tensor, valid_mask: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Raises a ValueError naming what was expected and what came; returns `valid_mask` as bool or None."""
+    def _checks_data(self) -> bool:
+        """Whether checks that read tensor values (a host sync; a graph break or a failed export) run now: in eager
+        use when `config.check_finite_inputs`, never while compile/export/jit tracing builds a graph."""
+        return self.config.check_finite_inputs and not is_tracing()
+
+    def _validate_inputs(
+        self, pixel_values: torch.Tensor, valid_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raises a ValueError naming what was expected and what came. Returns `pixel_values` in the model's dtype
+        (float64 input is cast: a NumPy default should not be an error) and `valid_mask` as bool or None.
+        Shape and dtype checks are static; the NaN/Inf check reads the data (see `_checks_data`)."""
         if not isinstance(pixel_values, torch.Tensor):
             raise ValueError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}")
         if pixel_values.ndim != 5:
@@ -651,18 +782,22 @@ class STSwinMAEPreTrainedModel(PreTrainedModel):
             )
         if min(pixel_values.shape[2:]) < 1 or pixel_values.shape[0] < 1:
             raise ValueError(f"`pixel_values` has an empty dimension: shape {tuple(pixel_values.shape)}")
-        if not torch.isfinite(pixel_values).all():
+        if self._checks_data() and not torch.isfinite(pixel_values).all():
             raise ValueError(
                 "`pixel_values` contains NaN or Inf; mark nodata pixels in `valid_mask` and fill them "
                 "(the image processor does this)"
             )
+        base_model = getattr(self, self.base_model_prefix, self)
+        model_dtype = base_model.embeddings.patch_embeddings.projection.weight.dtype
+        if pixel_values.dtype != model_dtype:
+            pixel_values = pixel_values.to(model_dtype)
         if valid_mask is None:
-            return None
+            return pixel_values, None
         expected = (pixel_values.shape[0], *pixel_values.shape[2:])
         if not isinstance(valid_mask, torch.Tensor) or tuple(valid_mask.shape) != expected:
             found = tuple(valid_mask.shape) if isinstance(valid_mask, torch.Tensor) else type(valid_mask).__name__
             raise ValueError(f"`valid_mask` must have shape (batch, frames, height, width) = {expected}, got {found}")
-        return valid_mask.bool()
+        return pixel_values, valid_mask.bool()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -688,10 +823,12 @@ class STSwinMAEModel(STSwinMAEPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.patch_embeddings
 
-    def encode(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Shared by every head: returns the embeddings (B, T', H', W', C) and each stage's output (finest first)."""
+    def encode(
+        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, output_attentions: bool = False
+    ) -> STSwinMAEEncoderOutput:
+        """Shared by every head: the embeddings and each stage's output (finest first), as tokens and grids."""
         embeddings = self.embeddings(pixel_values, bool_masked_pos)
-        return embeddings, self.encoder(embeddings)
+        return self.encoder(embeddings, output_attentions=output_attentions)
 
     def forward(
         self,
@@ -699,23 +836,36 @@ class STSwinMAEModel(STSwinMAEPreTrainedModel):
         bool_masked_pos: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        valid_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
     ) -> STSwinMAEModelOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, frames, height, width)`):
             Normalised input; channels in `config.band_names` order. Any frames >= 1 and any height/width.
-        bool_masked_pos (`torch.BoolTensor` of shape `(batch_size, frames', height', width')`, *optional*):
-            Tokens to replace by the mask token (only for models built with `use_mask_token=True`).
+        bool_masked_pos (`torch.BoolTensor`, *optional*):
+            Tokens to replace by the mask token (only for models built with `use_mask_token=True`), as a
+            `(batch_size, frames', height', width')` token grid or in the flat VideoMAE/ViTMAE form
+            `(batch_size, num_patches)`, num_patches = frames' * height' * width' tokens in that order
+            (frames' = ceil(frames / patch_t), height' = ceil(height / patch_h), width' = ceil(width / patch_w)).
+        valid_mask (`torch.BoolTensor` of shape `(batch_size, frames, height, width)`, *optional*):
+            Accepted (and shape-checked) so the processor's output can be passed as it is; the encoder does not
+            use it: nodata pixels are already filled by the processor, and only losses exclude them.
+        output_attentions (`bool`, *optional*):
+            Return every encoder block's attention probabilities (see [`STSwinMAEModelOutput`]).
         """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._validate_inputs(pixel_values)
-        embeddings, stage_outputs = self.encode(pixel_values, bool_masked_pos)
-        last = self.layernorm(stage_outputs[-1])
-        last_hidden_state = last.flatten(1, 3)
+        pixel_values, _ = self._validate_inputs(pixel_values, valid_mask)
+        if bool_masked_pos is not None:
+            token_grid = tuple(-(-size // p) for size, p in zip(pixel_values.shape[2:], self.config.patch_size))
+            bool_masked_pos = token_mask_grid(bool_masked_pos, pixel_values.shape[0], token_grid)
+        encoder_outputs = self.encode(pixel_values, bool_masked_pos, output_attentions=output_attentions)
+        last_hidden_state = self.layernorm(encoder_outputs.token_states[-1])
         output = STSwinMAEModelOutput(
             last_hidden_state=last_hidden_state,
             pooler_output=last_hidden_state.mean(dim=1),
-            **(hidden_state_outputs(embeddings, stage_outputs) if output_hidden_states else {}),
+            **hidden_state_outputs(encoder_outputs, output_hidden_states, output_attentions),
         )
         return output if return_dict else output.to_tuple()
 
@@ -740,7 +890,8 @@ class STSwinMAEForPreTraining(STSwinMAEPreTrainedModel):
     ) -> torch.Tensor:
         """A (B, T', H', W') bool token mask hiding `mask_ratio` of the mask units: those with the largest noise.
 
-        `noise` (B, num_units) in [0, 1) fixes the choice; so does `mask_seed`; otherwise the global RNG is used.
+        `noise` fixes the choice (see `unit_noise` for its shapes); so does `mask_seed`; otherwise the global RNG
+        is used.
         """
         units = self.num_mask_units(token_grid)
         num_units = math.prod(units)
@@ -749,13 +900,7 @@ class STSwinMAEForPreTraining(STSwinMAEPreTrainedModel):
             noise = torch.rand(batch_size, num_units, generator=generator) if generator is not None else torch.rand(
                 batch_size, num_units, device=device
             )
-        if tuple(noise.shape) != (batch_size, num_units):
-            raise ValueError(
-                f"`noise` must have shape (batch_size, num_mask_units) = {(batch_size, num_units)} "
-                f"for mask units of {tuple(self.config.mask_unit_size)} tokens over a {token_grid} token grid, "
-                f"got {tuple(noise.shape)}"
-            )
-        noise = noise.to(device)
+        noise = self.unit_noise(noise, batch_size, token_grid).to(device)
         # Rounded before truncating: int(10 * (1 - 0.9)) would be int(0.999...) = 0, hiding every unit.
         num_keep = int(round(num_units * (1 - self.config.mask_ratio), 6))
         ranks = torch.argsort(torch.argsort(noise, dim=1), dim=1)  # rank of each unit's noise
@@ -763,6 +908,25 @@ class STSwinMAEForPreTraining(STSwinMAEPreTrainedModel):
         for axis, repeat in enumerate(self.config.mask_unit_size):
             unit_mask = unit_mask.repeat_interleave(repeat, dim=axis + 1)
         return unit_mask[:, : token_grid[0], : token_grid[1], : token_grid[2]]
+
+    def unit_noise(self, noise: torch.Tensor, batch_size: int, token_grid: tuple[int, int, int]) -> torch.Tensor:
+        """`noise` as (B, num_mask_units). Accepted: one value per mask unit, (B, num_mask_units) or
+        (B, U_t, U_h, U_w); or one value per token as VideoMAE/ViTMAE code passes it, (B, num_patches) with
+        num_patches = T' * H' * W' or (B, T', H', W'), where each unit takes the value of its first token (with
+        `mask_unit_size` (1, 1, 1) units and tokens coincide)."""
+        units = self.num_mask_units(token_grid)
+        shape = tuple(noise.shape) if isinstance(noise, torch.Tensor) else None
+        if shape in ((batch_size, math.prod(units)), (batch_size, *units)):
+            return noise.reshape(batch_size, -1)
+        if shape in ((batch_size, math.prod(token_grid)), (batch_size, *token_grid)):
+            ut, uh, uw = self.config.mask_unit_size
+            return noise.reshape(batch_size, *token_grid)[:, ::ut, ::uh, ::uw].reshape(batch_size, -1)
+        raise ValueError(
+            f"`noise` must have shape (batch_size, num_mask_units) = {(batch_size, math.prod(units))} (or the unit grid "
+            f"{(batch_size, *units)}) for mask units of {tuple(self.config.mask_unit_size)} tokens over a {token_grid} "
+            f"token grid, or one value per token (batch_size, num_patches) = {(batch_size, math.prod(token_grid))}; "
+            f"got {shape if shape is not None else type(noise).__name__}"
+        )
 
     # ---- patches ----------------------------------------------------------------------------------------
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -793,28 +957,46 @@ class STSwinMAEForPreTraining(STSwinMAEPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         return_loss: bool = True,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
     ) -> STSwinMAEForPreTrainingOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, frames, height, width)`):
             Normalised input; any frames >= 1 and any height/width.
         valid_mask (`torch.BoolTensor` of shape `(batch_size, frames, height, width)`, *optional*):
             False where a pixel is nodata: it is excluded from the loss.
-        noise (`torch.FloatTensor` of shape `(batch_size, num_mask_units)`, *optional*):
-            Fixes which mask units are hidden (the largest noise values).
+        noise (`torch.FloatTensor`, *optional*):
+            Fixes which mask units are hidden (those with the largest noise values): one value per mask unit,
+            `(batch_size, num_mask_units)` or `(batch_size, U_t, U_h, U_w)` with U = ceil(token grid / mask_unit_size);
+            or one value per token, `(batch_size, num_patches)` (VideoMAE/ViTMAE) or `(batch_size, frames', height',
+            width')`, each unit taking its first token's value.
         mask_seed (`int`, *optional*):
             Seed for the mask when `noise` is not given (reproducible masks).
         return_loss (`bool`, defaults to `True`):
             Compute the loss (there are no labels: the target is the input).
+        bool_masked_pos (`torch.BoolTensor`, *optional*):
+            The token mask itself, True = hidden, instead of a random one (`noise` and `mask_seed` must then be
+            None): `(batch_size, frames', height', width')` or the flat VideoMAE form `(batch_size, num_patches)`,
+            num_patches = frames' * height' * width' tokens in that order (frames' = ceil(frames / patch_t), ...).
+        output_attentions (`bool`, *optional*):
+            Return every encoder block's attention probabilities (see [`STSwinMAEForPreTrainingOutput`]).
         """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        valid_mask = self._validate_inputs(pixel_values, valid_mask)
+        pixel_values, valid_mask = self._validate_inputs(pixel_values, valid_mask)
         batch_size, _, frames, height, width = pixel_values.shape
         patch = tuple(self.config.patch_size)
         token_grid = tuple(-(-size // p) for size, p in zip((frames, height, width), patch))
 
-        bool_masked_pos = self.random_masking(batch_size, token_grid, noise, mask_seed, pixel_values.device)
-        embeddings, stage_outputs = self.st_swin_mae.encode(pixel_values, bool_masked_pos)
+        if bool_masked_pos is not None:
+            if noise is not None or mask_seed is not None:
+                raise ValueError("give either `bool_masked_pos` or `noise`/`mask_seed`, not both")
+            bool_masked_pos = token_mask_grid(bool_masked_pos, batch_size, token_grid).to(pixel_values.device)
+        else:
+            bool_masked_pos = self.random_masking(batch_size, token_grid, noise, mask_seed, pixel_values.device)
+        encoder_outputs = self.st_swin_mae.encode(pixel_values, bool_masked_pos, output_attentions=output_attentions)
+        stage_outputs = encoder_outputs.stage_outputs
         bottleneck = self.st_swin_mae.layernorm(stage_outputs[-1])
         decoded = self.decoder(stage_outputs, bottleneck)
         prediction = self.pixel_head(decoded)  # (B, T', H', W', pt*ph*pw*C)
@@ -850,7 +1032,7 @@ class STSwinMAEForPreTraining(STSwinMAEPreTrainedModel):
             loss=loss,
             reconstruction=reconstruction,
             mask=mask,
-            **(hidden_state_outputs(embeddings, stage_outputs) if output_hidden_states else {}),
+            **hidden_state_outputs(encoder_outputs, output_hidden_states, output_attentions),
         )
         return output if return_dict else output.to_tuple()
 
@@ -883,12 +1065,6 @@ class STSwinUNetForSemanticSegmentation(STSwinMAEPreTrainedModel):
         if self.temporal_aggregation is None:
             return hidden_states.mean(dim=1)
         batch_size, tokens_t, height, width, channels = hidden_states.shape
-        if tokens_t != self.config.num_temporal_tokens:
-            raise ValueError(
-                f"temporal_aggregation='concat' was built for {self.config.num_frames} frames "
-                f"({self.config.num_temporal_tokens} temporal tokens) but the input gives {tokens_t}; "
-                "load the model with the task's `num_frames` or use temporal_aggregation='mean'"
-            )
         hidden_states = hidden_states.permute(0, 2, 3, 1, 4).reshape(batch_size, height, width, tokens_t * channels)
         return self.temporal_aggregation(hidden_states)
 
@@ -899,7 +1075,8 @@ class STSwinUNetForSemanticSegmentation(STSwinMAEPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-    ) -> SemanticSegmenterOutput | tuple:
+        output_attentions: bool | None = None,
+    ) -> STSwinUNetSemanticSegmenterOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, frames, height, width)`):
             Normalised input; any frames >= 1 and any height/width.
@@ -908,23 +1085,34 @@ class STSwinUNetForSemanticSegmentation(STSwinMAEPreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
             Class indices in `[0, num_labels)` or `config.semantic_loss_ignore_index`; for regression, float
             targets (NaN or the ignore index are left out).
+        output_attentions (`bool`, *optional*):
+            Return every encoder block's attention probabilities (see [`STSwinUNetSemanticSegmenterOutput`]).
 
-        Returns `logits` of shape `(batch_size, num_labels, height, width)`.
+        Returns `logits` of shape `(batch_size, num_labels, height, width)`. With `temporal_aggregation="concat"`
+        the input must hold exactly `config.num_frames` frames (a ValueError otherwise).
         """
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        valid_mask = self._validate_inputs(pixel_values, valid_mask)
-        _, _, _, height, width = pixel_values.shape
+        pixel_values, valid_mask = self._validate_inputs(pixel_values, valid_mask)
+        _, _, frames, height, width = pixel_values.shape
+        if self.temporal_aggregation is not None and frames != self.config.num_frames:
+            raise ValueError(
+                f"this model (temporal_aggregation='concat') was built for num_frames={self.config.num_frames} dates, "
+                f"the input has {frames}; give it {self.config.num_frames} dates or use a temporal_aggregation='mean' model"
+            )
 
-        embeddings, stage_outputs = self.st_swin_mae.encode(pixel_values)
+        encoder_outputs = self.st_swin_mae.encode(pixel_values, output_attentions=output_attentions)
+        stage_outputs = encoder_outputs.stage_outputs
         bottleneck = self.st_swin_mae.layernorm(stage_outputs[-1])
         decoded = self.decoder(stage_outputs, bottleneck)
         features = self.aggregate_time(self.final_expand(decoded))[:, :height, :width]
         logits = self.segmentation_head(features).permute(0, 3, 1, 2).contiguous()
 
         loss = self.compute_loss(logits, labels, valid_mask) if labels is not None else None
-        hidden_states = hidden_state_outputs(embeddings, stage_outputs)["reshaped_hidden_states"] if output_hidden_states else None
-        output = SemanticSegmenterOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+        output = STSwinUNetSemanticSegmenterOutput(
+            loss=loss, logits=logits, **hidden_state_outputs(encoder_outputs, output_hidden_states, output_attentions)
+        )
         return output if return_dict else output.to_tuple()
 
     def compute_loss(self, logits: torch.Tensor, labels: torch.Tensor, valid_mask: torch.Tensor | None) -> torch.Tensor:
@@ -950,15 +1138,17 @@ class STSwinUNetForSemanticSegmentation(STSwinMAEPreTrainedModel):
         if torch.is_floating_point(labels):
             raise ValueError(f"classification `labels` must be integers, got {labels.dtype} (set problem_type='regression' for regression)")
         labels = labels.long()
-        out_of_range = (labels != ignore_index) & ((labels < 0) | (labels >= num_labels))
-        if out_of_range.any():
-            found = torch.unique(labels[out_of_range]).tolist()[:10]
-            raise ValueError(f"`labels` must be in [0, {num_labels}) or {ignore_index} (ignored), found {found}")
+        if self._checks_data():
+            out_of_range = (labels != ignore_index) & ((labels < 0) | (labels >= num_labels))
+            if out_of_range.any():
+                found = torch.unique(labels[out_of_range]).tolist()[:10]
+                raise ValueError(f"`labels` must be in [0, {num_labels}) or {ignore_index} (ignored), found {found}")
         if has_data is not None:
             labels = labels.masked_fill(~has_data, ignore_index)
-        if (labels == ignore_index).all():
-            return logits.sum() * 0.0  # nothing labelled: a zero that keeps the graph, not a NaN
-        return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+        # The mean over labelled pixels, written without a host sync; nothing labelled gives 0 (not NaN) and keeps
+        # the graph.
+        total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+        return total / (labels != ignore_index).sum().clamp(min=1)
 
 
 STSwinMAEConfig.register_for_auto_class()
@@ -973,4 +1163,5 @@ __all__ = [
     "STSwinUNetForSemanticSegmentation",
     "STSwinMAEModelOutput",
     "STSwinMAEForPreTrainingOutput",
+    "STSwinUNetSemanticSegmenterOutput",
 ]
