@@ -17,6 +17,7 @@ from degas_hf.data.ssl4eo import SSL4EO_BANDS, SSL4EOS12Dataset, SSL4EOS12ZarrDa
 from degas_hf.data.timeseries_folder import (  # noqa: E402
     DataError,
     TimeSeriesFolderDataset,
+    _seed_rng,
     canonical_band_name,
     collate_pretraining,
     parse_date,
@@ -39,8 +40,12 @@ def _value(band: str, season_rank: int) -> int:
     return 1000 + 100 * season_rank + list(SSL4EO_BANDS["s2a"]).index(band)
 
 
-def write_ssl4eo(root: Path, n_locations: int = 2, size10: int = 24, modality: str = "s2a", nodata_corner: bool = True):
-    """Raw SSL4EO-S12 layout: ROOT/s2a/<7-digit id>/<season system:index>/B1.tif ... (native resolutions)."""
+def write_ssl4eo(root: Path, n_locations: int = 2, size10: int = 24, modality: str = "s2a", nodata_corner: bool = True,
+                 random_values: bool = False):
+    """Raw SSL4EO-S12 layout: ROOT/s2a/<7-digit id>/<season system:index>/B1.tif ... (native resolutions).
+    `random_values`: random DN (so that resampling and cropping are checked pixel by pixel) instead of one value per
+    band and season."""
+    rng = np.random.default_rng(1)
     for loc in range(n_locations):
         for s, season in enumerate(SEASON_IDS):
             rank = DATE_ORDER.index(s)
@@ -49,6 +54,8 @@ def write_ssl4eo(root: Path, n_locations: int = 2, size10: int = 24, modality: s
             for band in SSL4EO_BANDS[modality]:
                 size = size10 * 10 // RES.get(band, 10)
                 arr = np.full((size, size), _value(band, rank), dtype=np.uint16)
+                if random_values:
+                    arr = rng.integers(1, 9000, (size, size), dtype=np.uint16)
                 if nodata_corner:
                     arr[0, 0] = 0  # nodata
                 name = ("B8A" if band == "B8A" else f"B{int(band[1:])}") + ".tif"  # GEE names: B1.tif, B8A.tif
@@ -238,3 +245,98 @@ def test_ssl4eo_zarr_offset(tmp_path, processor):
     (tmp_path / "broken.zarr.zip").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="broken.zarr.zip"):
         SSL4EOS12ZarrDataset(tmp_path / "broken.zarr.zip", processor=processor)
+
+
+def test_ssl4eo_raw_grid_is_10m_whatever_bands(tmp_path, processor):
+    """Only 20 m bands selected: the samples are still on the 10 m grid (24 px here, 264 px in the release), not the
+    20 m one; `grid_size` names another grid."""
+    root = write_ssl4eo(tmp_path / "ssl4eo", n_locations=1)
+    proc = STSwinMAEImageProcessor.from_preset("ssl4eo-s12-l2a", band_names=["B11", "B12"])
+    ds = SSL4EOS12Dataset(root, band_names=["B11", "B12"], crop_size=None, processor=proc)
+    assert ds.item_shape(0) == (24, 24) and ds[0]["pixel_values"].shape == (2, 4, 24, 24)
+    sixty = SSL4EOS12Dataset(root, band_names=["B01"], crop_size=None, validate="none",
+                             processor=STSwinMAEImageProcessor.from_preset("ssl4eo-s12-l2a", band_names=["B01"]))
+    assert sixty.item_shape(0) == (24, 24)
+    named = SSL4EOS12Dataset(root, band_names=["B11", "B12"], crop_size=None, processor=proc, grid_size=30)
+    assert named[0]["pixel_values"].shape == (2, 4, 30, 30)
+    with pytest.raises(DataError, match="grid_size"):
+        SSL4EOS12Dataset(root, processor=proc, band_names=["B11"], grid_size=0)
+    with pytest.raises(DataError, match="crop_size"):
+        SSL4EOS12Dataset(root, processor=proc, band_names=["B11"], crop_size=-3)
+
+
+def test_ssl4eo_windowed_reads_match_whole_band_resampling_and_device_normalisation(tmp_path, processor):
+    """The raw reader reads only the crop (fractional windows of the 20 / 60 m bands): the pixels equal a bilinear
+    resampling of the whole band followed by the crop (the reference loader's order). Raw output normalised by
+    DeviceNormalizer equals the processor's normalisation on the CPU, bit for bit."""
+    from rasterio.enums import Resampling
+
+    from degas_hf.data.timeseries_folder import DeviceNormalizer
+
+    root = write_ssl4eo(tmp_path / "ssl4eo", n_locations=1, size10=36, random_values=True)
+    raw = SSL4EOS12Dataset(root, band_names=MODEL_BANDS, crop_size=20, processor=processor, seed=2, output="raw")
+    loc = root / "s2a" / raw.locations[0]
+    seasons = sorted(os.listdir(loc), key=lambda s: s[:8])
+    for key in [(0, 0), (3, 0), (5, 0)]:
+        r0, c0, h, w = raw._window((36, 36), _seed_rng(2, key[0], key[1]))  # the crop the reader draws
+        sample = raw[key]["raw_values"].numpy()
+        assert sample.dtype == np.uint16 and sample.shape == (4, 6, 20, 20)
+        for t, season in enumerate(seasons):
+            for c, band in enumerate(MODEL_BANDS):
+                name = ("B8A" if band == "B8A" else f"B{int(band[1:])}") + ".tif"
+                with rasterio.open(loc / season / name) as src:
+                    whole = src.read(1, out_shape=(36, 36), resampling=Resampling.bilinear)
+                np.testing.assert_array_equal(sample[t, c], whole[r0:r0 + h, c0:c0 + w], err_msg=f"{band} {t}")
+    normalized = SSL4EOS12Dataset(root, band_names=MODEL_BANDS, crop_size=20, processor=processor, seed=2)
+    batch = collate_pretraining([raw[(1, 0)], raw[(2, 0)]])
+    assert batch["raw_values"].dtype == torch.uint16
+    pixel_values, valid = raw.device_normalizer()(batch["raw_values"])
+    reference = collate_pretraining([normalized[(1, 0)], normalized[(2, 0)]])
+    assert torch.equal(pixel_values, reference["pixel_values"]) and torch.equal(valid, reference["valid_mask"])
+    # the normaliser picks the processor's bands by name, whatever the order of the data
+    shuffled = SSL4EOS12Dataset(root, band_names=MODEL_BANDS[::-1], crop_size=20, processor=processor, seed=2,
+                                output="raw")
+    again, _ = shuffled.device_normalizer()(collate_pretraining([shuffled[(1, 0)], shuffled[(2, 0)]])["raw_values"])
+    assert torch.equal(again, pixel_values)
+    with pytest.raises(DataError, match=r"lack the processor's band\(s\) \['B12'\]"):
+        DeviceNormalizer(processor, MODEL_BANDS[:5])
+
+
+def _write_zarr(path: Path, bands, n: int = 2, size: int = 20, value: int = 1500):
+    zarr = pytest.importorskip("zarr")
+    data = np.full((n, 4, len(bands), size, size), value, dtype=np.int16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = zarr.storage.ZipStore(str(path), mode="w")
+    group = zarr.group(store=store)
+    group.create_dataset("bands", data=data, chunks=(1, 4, len(bands), size, size))
+    group["bands"].attrs["_ARRAY_DIMENSIONS"] = ["sample", "time", "band", "y", "x"]
+    group.create_dataset("band", data=np.array(bands, dtype="<U3"))
+    group["band"].attrs["_ARRAY_DIMENSIONS"] = ["band"]
+    store.close()
+    return path
+
+
+def test_ssl4eo_zarr_one_product_one_split(tmp_path, processor):
+    """The v1.1 layout {train,val}/{S2L1C,S2L2A}/...: the modality's product is taken, never the other one; a folder
+    holding both splits is refused naming them, unless `split` picks one; an L1C file in an L2A folder is refused."""
+    pytest.importorskip("zarr")
+    l2a, l1c = list(SSL4EO_BANDS["s2a"]), list(SSL4EO_BANDS["s2c"])
+    for split in ("train", "val"):
+        _write_zarr(tmp_path / "v11" / split / "S2L2A" / f"ssl4eos12_{split}_seasonal_data_000001.zarr.zip", l2a)
+        _write_zarr(tmp_path / "v11" / split / "S2L1C" / f"ssl4eos12_{split}_seasonal_data_000001.zarr.zip", l1c,
+                    value=6000)
+    val = SSL4EOS12ZarrDataset(tmp_path / "v11" / "val", band_names=MODEL_BANDS, processor=processor, crop_size=None)
+    assert [Path(f).parts[-2:] for f in val.files] == [("S2L2A", "ssl4eos12_val_seasonal_data_000001.zarr.zip")]
+    with pytest.raises(DataError, match=r"mixes splits \(train: 1 file\(s\), val: 1 file\(s\)\) of S2L2A"):
+        SSL4EOS12ZarrDataset(tmp_path / "v11", band_names=MODEL_BANDS, processor=processor)
+    train = SSL4EOS12ZarrDataset(tmp_path / "v11", band_names=MODEL_BANDS, processor=processor, split="train",
+                                 crop_size=None)
+    assert len(train) == 2 and "train" in train.files[0] and "S2L2A" in train.files[0]
+    assert train.read_item_raw(0, None, (0, 0, 20, 20)).max() == 1500  # L2A values, no L1C file mixed in
+    with pytest.raises(DataError, match="no S2L2A files of split 'test'"):
+        SSL4EOS12ZarrDataset(tmp_path / "v11", band_names=MODEL_BANDS, processor=processor, split="test")
+    flat = tmp_path / "flat"
+    _write_zarr(flat / "ssl4eos12_train_seasonal_data_000001.zarr.zip", l2a)
+    _write_zarr(flat / "ssl4eos12_train_seasonal_data_000002.zarr.zip", l1c)
+    with pytest.raises(DataError, match=r"000002.zarr.zip is an S2L1C file"):
+        SSL4EOS12ZarrDataset(flat, band_names=MODEL_BANDS, processor=processor)
