@@ -541,6 +541,22 @@ def test_phileo_bench_index_file_gives_the_fixed_selection(tmp_path):
         PhilEOBench(root, "train", label="lc", n_shot=2, indices=folder)
 
 
+def test_phileo_protocol_is_recorded_in_results_json(tmp_path):
+    from degas_hf.training.finetune import FinetuneConfig, finetune
+
+    data = write_phileo(tmp_path / "data", regions=("denmark-2", "japan"))
+    finetune(FinetuneConfig(
+        task="phileo_lc", data_dir=str(data), model="degas-tiny", output_dir=str(tmp_path / "out"), max_steps=1,
+        per_device_train_batch_size=2, per_device_eval_batch_size=2, eval_strategy="no", figures=False,
+        save_model=False, dataset_kwargs={"n_shot": 2},
+    ))
+    protocol = json.loads((tmp_path / "out" / "results.json").read_text())["training"]["data_protocol"]
+    assert protocol["train"]["patches_per_region"] == {"europe": 2, "japan": 2}
+    assert protocol["val"]["patches_per_region"] == {"europe": 1, "japan": 1}
+    assert protocol["train"]["selection"].startswith("PhilEO Bench draw")
+    assert protocol["test"]["excluded_regions"] == ["tanzania-1"] and protocol["test"]["n_shot"] is None
+
+
 def test_phileo_building_nshot_prefers_patches_with_buildings_as_the_bench_does(tmp_path):
     root = write_phileo_bench_layout(tmp_path, empty_buildings=("japan",))
     ds = PhilEOBench(root, "train", label="building", n_shot=2, regions=["japan"])

@@ -191,7 +191,8 @@ class PhilEOBench(GeoSegmentationDataset):
         files = self._files_by_subregion(self.split)
         selected = self._selected_subregions(set(files) | set(self._files_by_subregion("train")))
         self.protocol = {
-            "benchmark": "PhilEO Bench", "split": self.split, "label": self.label_name, "n_shot": self.n_shot,
+            "benchmark": "PhilEO Bench", "split": self.split, "label": self.label_name,
+            "n_shot": self.n_shot if self.split != "test" else None,
             "regions_requested": list(self.regions) if self.regions else None,
         }
         if self.split in ("train", "val") and (self.n_shot is not None or self.indices is not None):

@@ -858,6 +858,8 @@ def finetune(config: FinetuneConfig, log=None) -> dict:
             "dataset_kwargs": {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v)) for k, v in config.dataset_kwargs.items()},
             "normalization": normalization,
             "automatic_split": automatic_split,
+            # How each split's samples were chosen, for readers that record it (PhilEO Bench's n-shot protocol).
+            "data_protocol": {split: ds.protocol for split, ds in datasets.items() if getattr(ds, "protocol", None)},
         },
         figures=figures,
     )
