@@ -171,7 +171,8 @@ def test_dry_run_writes_tree_that_loads_in_clean_process(workdir, capsys):
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "image-feature-extraction"
     assert card.data.base_model is None
-    assert card.data.datasets == ["wangyi111/SSL4EO-S12"]
+    assert card.data.datasets is None  # the folder does not record its pretraining data: nothing is claimed
+    assert "SSL4EO" not in card.text.split("## Training data and procedure")[1].split("##")[0]
     # the written tree, README included, loads where degas_hf cannot be imported
     report = check_loads_in_clean_process(out, head="AutoModelForPreTraining")
     assert report["model_class"].endswith("STSwinMAEForPreTraining")
@@ -346,3 +347,72 @@ def test_republish_deletes_stale_managed_files_in_the_same_commit(workdir, hub):
     assert set(commit["deleted"]) == {"model-00001-of-00002.safetensors", "model.safetensors.index.json",
                                       "examples/old.tif", "images/old.png", "results.json"}
     assert "model.safetensors" in commit["files"] and "LICENSE" not in commit["deleted"]
+
+
+# ------------------------------------------------------------------------------------------------ issue 13.7: leaks
+def test_symlinks_out_of_the_folder_and_secrets_are_never_staged(workdir, hub, tmp_path, monkeypatch):
+    # what is staged is the point here; the clean-process load has its own tests
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("degas_hf.hub.publish"), "check_loads_in_clean_process",
+                        lambda *a, **k: {})
+    folder = _copy(workdir["seg"], tmp_path / "leaky")
+    outside = tmp_path / "outside-secret.txt"
+    outside.write_text("root:x:0:0")
+    (folder / "notes.txt").symlink_to(outside)            # a file link out of the folder
+    (folder / "passwd").symlink_to("/etc/passwd")
+    (folder / "linked-dir").symlink_to(tmp_path, target_is_directory=True)
+    (folder / "LICENSE").write_text("Apache-2.0")
+    (folder / "LICENSE-link").symlink_to(folder / "LICENSE")  # a link inside the folder: published as the file
+    for name in (".env", ".netrc", "id_rsa", "credentials.json", "hf_token", "server.pem", "api.key"):
+        (folder / name).write_text("SECRET")
+    (folder / ".ssh").mkdir()
+    (folder / ".ssh" / "config").write_text("SECRET")
+    logged = []
+    publish(folder, "my-org/leaky", log=logged.append)
+    staged = set(hub.commits[0]["files"])
+    assert staged == BASE_FILES | {"LICENSE", "LICENSE-link"}
+    payloads = hub.commits[0]["files"]
+    assert payloads["LICENSE-link"] == b"Apache-2.0"
+    assert not any(b"SECRET" in data or b"root:x" in data for data in payloads.values())
+    text = "\n".join(logged)
+    for name in ("notes.txt", "passwd", "linked-dir/", ".env", ".netrc", "id_rsa", "credentials.json", "hf_token",
+                 "server.pem", "api.key", ".ssh/config"):
+        assert f"  {name}: " in text, name
+    assert "symbolic link out of the folder" in text and "--include" in text
+
+
+def test_include_publishes_a_named_secret_looking_file(workdir, tmp_path):
+    folder = _copy(workdir["pre"], tmp_path / "named")
+    (folder / "credentials.json").write_text('{"note": "public, on purpose"}')
+    (folder / ".zenodo.json").write_text("{}")
+    assert "credentials.json" not in validate_folder(folder).files
+    info = validate_folder(folder, include=["credentials.json", ".zenodo.json"])
+    assert {"credentials.json", ".zenodo.json"} <= set(info.files)
+
+
+def test_a_required_file_linked_out_of_the_folder_is_refused(workdir, tmp_path):
+    folder = _copy(workdir["pre"], tmp_path / "linked-config")
+    real = tmp_path / "config-elsewhere.json"
+    (folder / "config.json").rename(real)
+    (folder / "config.json").symlink_to(real)
+    with pytest.raises(PublishError, match="config.json is a symbolic link out of the folder"):
+        validate_folder(folder)
+
+
+# ------------------------------------------------------------------------------------------------ issue 13.13
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:-64]),
+     "model.safetensors is not a readable safetensors file (truncated or corrupted"),
+    (lambda f: (f / "model.safetensors").write_bytes(b"\x00not safetensors" * 40), "not a readable safetensors file"),
+    (lambda f: ((f / "model.safetensors").unlink(), (f / "pytorch_model.bin").write_bytes(b"pickle")),
+     "holds only pickle weights (pytorch_model.bin)"),
+])
+def test_damaged_or_pickle_only_weights_one_line_exit_2(workdir, tmp_path, capsys, damage, message):
+    folder = _copy(workdir["seg"], tmp_path / "damaged")
+    damage(folder)
+    code = cli_main(["publish", str(folder), "--repo-id", "my-org/x", "--dry-run", "--output", str(tmp_path / "t")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("degas-hf publish: error: ") and message in err[0] and "Nothing was uploaded" in err[0]
+    assert not (tmp_path / "t").exists()
