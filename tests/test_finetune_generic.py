@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from affine import Affine
 
 from degas_hf.cli import main as cli_main
 from degas_hf.data.generic_segmentation import GeoTIFFSegmentationFolder
@@ -32,7 +32,7 @@ def write_pairs(root: Path, count: int = 5, size: int = 32, frames: int = 2, ban
     descriptions repeated per date, uint8 labels 0..2. `offset` shifts the last band (a band on another scale)."""
     rng = np.random.default_rng(seed)
     profile = dict(driver="GTiff", width=size, height=size, crs="EPSG:32631",
-                   transform=from_origin(500000, 5600000, 10, 10))
+                   transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 5600000.0))
     for i in range(count):
         image = rng.integers(200, 4000, size=(frames, len(bands), size, size)).astype(np.float64)
         image[:, -1] += offset

@@ -43,7 +43,8 @@ def test_templates_exist():
 
 def test_pretrained_card(folders, tmp_path):
     info = folders["pre"]
-    card = _roundtrip(render_model_card(info, repo_id="my-org/degas-100m", revision="v1.0"), tmp_path)
+    card = _roundtrip(render_model_card(info, repo_id="my-org/degas-100m", revision="v1.0",
+                                        datasets=["wangyi111/SSL4EO-S12"]), tmp_path)
     data = card.data.to_dict()
     assert data["library_name"] == "transformers"
     assert data["pipeline_tag"] == "image-feature-extraction"
@@ -144,3 +145,68 @@ def test_model_index_is_never_typed_by_hand():
     for path in template_dir().glob("*.md"):
         front = path.read_text().split("---")[1] if path.read_text().startswith("---") else ""
         assert front.strip() in ("", "{{ card_data }}"), path.name  # metadata only from ModelCardData
+
+
+# ------------------------------------------------------------------------------------------------ issue 13.10 / 13.12
+def _kinds_of_folders(root):
+    """One folder of each kind the package writes: tiny segmentation / regression / pretrained folders
+    (`prepare_hub_folder`, as `degas-hf demo` writes its segmentation model), a pretraining export with a processor
+    made without a preset (`export_pretrained`, as `degas-hf pretrain` and the demo write it), a generic
+    `degas-hf finetune` output, and a processor file from before some fields existed."""
+    import sys
+
+    import torch
+
+    from degas_hf import STSwinMAEConfig, STSwinMAEForPreTraining, STSwinMAEImageProcessor
+    from degas_hf.training.checkpointing import export_pretrained
+    from degas_hf.training.finetune import FinetuneConfig, finetune
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from test_finetune_generic import BANDS, write_pairs
+
+    folders = {
+        "segmentation": tiny_folder(root / "seg", "segmentation"),
+        "regression": tiny_folder(root / "reg", "segmentation", regression=True),
+        "pretrained": tiny_folder(root / "pre", "pretrained"),
+    }
+    torch.manual_seed(0)
+    folders["pretrain-export, processor without preset"] = export_pretrained(
+        STSwinMAEForPreTraining(STSwinMAEConfig.from_preset("degas-tiny")), STSwinMAEImageProcessor(), root / "model")
+    data = write_pairs(root / "data", count=2, size=8)
+    finetune(FinetuneConfig(task="generic", data_dir=str(data), model="degas-tiny", output_dir=str(root / "ft"),
+                            max_steps=1, per_device_train_batch_size=2, eval_strategy="no", figures=False,
+                            dataset_kwargs={"band_names": BANDS, "num_frames": 2, "num_classes": 3}),
+             log=lambda message: None)
+    folders["finetune generic"] = root / "ft" / "model"
+    old = root / "old-processor"
+    __import__("shutil").copytree(folders["segmentation"], old)
+    processor = json.loads((old / "preprocessor_config.json").read_text())
+    for key in ("preset", "fill_value", "nodata_value", "do_rescale"):
+        processor.pop(key, None)
+    (old / "preprocessor_config.json").write_text(json.dumps(processor))
+    folders["older processor file"] = old
+    return folders
+
+
+def test_cards_render_from_every_kind_of_folder(tmp_path):
+    for kind, folder in _kinds_of_folders(tmp_path).items():
+        info = validate_folder(folder)
+        card = _roundtrip(render_model_card(info, repo_id="my-org/model"), tmp_path)
+        text = card.text
+        assert "Pipeline tag:" in text, kind
+        assert not re.search(r"pipelines?: \.", text), kind  # no empty "Hub pipelines: ." line
+        assert ("Hub pipeline: `multispectral-segmentation`" in text) == (info.kind == "segmentation"), kind
+        preset = info.processor_config.get("preset")
+        assert (f"preset `{preset}`" in text) == bool(preset), kind
+        assert "264 x 264" not in text and "wangyi111/SSL4EO-S12" not in (card.data.datasets or []), kind
+        if info.kind == "pretrained":
+            assert "Data: not recorded with this checkpoint" in text, kind
+            assert 'the pretrained encoder and decoder of "Degas 100M"' not in text, kind
+
+
+def test_pretrained_card_names_ssl4eo_only_when_told(folders, tmp_path):
+    card = render_model_card(folders["pre"], repo_id="my-org/degas-100m", datasets=["wangyi111/SSL4EO-S12"])
+    assert "SSL4EO-S12 (Wang et al. 2022), Sentinel-2 patches of 264 x 264 px" in card.text
+    assert card.data.datasets == ["wangyi111/SSL4EO-S12"]
+    card = render_model_card(folders["pre"], repo_id="my-org/demo", datasets=["my-org/flanders-sample"])
+    assert "- Data: my-org/flanders-sample;" in card.text and "264" not in card.text
