@@ -139,3 +139,52 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
     with atomic_output(tmp_path / "x.png") as tmp:
         tmp.write_bytes(b"png")
     assert (tmp_path / "x.png").read_bytes() == b"png" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_cloud_optimized_output_with_overviews_and_colour_table(tmp_path):
+    classes = (np.arange(700 * 600) % 3).reshape(700, 600).astype(np.uint8)
+    out = write_geotiff(tmp_path / "classes.tif", classes, crs="EPSG:32633", transform=from_origin(0, 0, 10, 10),
+                        nodata=255, cog=True, colormap={0: (31, 119, 180), 1: (255, 127, 14), 2: (44, 160, 44)},
+                        class_names={0: "land", 1: "water", 2: "cloud"})
+    with rasterio.open(out) as dst:
+        assert dst.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and dst.overviews(1)
+        assert dst.colormap(1)[2] == (44, 160, 44, 255)
+        assert dst.tags()["CLASS_NAMES"] == '{"0": "land", "1": "water", "2": "cloud"}'
+        np.testing.assert_array_equal(dst.read(1), classes)
+    assert [p.name for p in tmp_path.iterdir()] == ["classes.tif"]  # the working copy is gone
+    with pytest.raises(ValueError, match="colour table needs uint8 or uint16"):
+        write_geotiff(tmp_path / "f.tif", np.zeros((4, 4), np.float32), colormap={0: (0, 0, 0)})
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
+    import os
+
+    from degas_hf.io.geotiff import remove_stale_temporaries
+
+    target = tmp_path / "out.tif"
+    dead = tmp_path / ".out.tif.4194303.k2j.tmp.tif"  # above Linux's pid_max: no such process
+    older_naming = tmp_path / ".out.tif.k2j.tmp.tif"
+    aux = tmp_path / ".out.tif.4194303.k2j.tmp.tif.aux.xml"
+    mine = tmp_path / f".out.tif.{os.getpid()}.abc.tmp.tif"
+    other_output = tmp_path / ".other.tif.4194303.abc.tmp.tif"
+    for path in (dead, older_naming, aux, mine, other_output):
+        path.write_bytes(b"x")
+    removed = remove_stale_temporaries(target)
+    assert sorted(p.name for p in removed) == sorted([dead.name, older_naming.name, aux.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other_output.name])
+    with atomic_output(target) as tmp:
+        assert tmp.name.startswith(f".out.tif.{os.getpid()}.") and tmp.name.endswith(".tmp.tif")
+        tmp.write_bytes(b"done")
+
+
+def test_time_series_reads_from_several_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = write_series(tmp_path, num_dates=2, height=64, width=48, stripe=None)
+    with GeoTiffTimeSeries(paths) as series:
+        full = series.read_all()
+        with ThreadPoolExecutor(4) as pool:
+            windows = list(pool.map(lambda r: series.read(r, 0, 8, 48), list(range(0, 64, 8)) * 4))
+    for index, window in enumerate(windows):
+        row = (index % 8) * 8
+        np.testing.assert_array_equal(window, full[:, :, row : row + 8])

@@ -73,3 +73,23 @@ def test_saved_pipeline_loads_in_a_clean_process(pipe, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "OK transformers_modules." in done.stdout
+
+
+def test_precision_option(pipe, monkeypatch):
+    import torch
+
+    from degas_hf.models.st_swin_mae import pipeline_st_swin_mae
+
+    sample = np.random.default_rng(1).random((2, 6, 16, 16)).astype(np.float32)
+    fp32 = pipe(sample, return_probabilities=True)
+    np.testing.assert_array_equal(pipe(sample, precision="fp32")["class_map"], fp32["class_map"])
+    with pytest.raises(ValueError, match="Unknown precision 'fp64'"):
+        pipe(sample, precision="fp64")
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        bf16 = pipe(sample, precision="bf16", return_probabilities=True)
+        assert bf16["probabilities"].dtype == np.float32
+        np.testing.assert_allclose(bf16["probabilities"], fp32["probabilities"], atol=0.05)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    with pytest.raises(ValueError, match="no bf16 support"):
+        pipe(sample, precision="bf16")
+    assert pipeline_st_swin_mae.PRECISIONS["bf16"] is torch.bfloat16

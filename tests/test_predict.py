@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import rasterio
@@ -226,3 +228,298 @@ def test_predictor_runs_a_bf16_model_and_generic_band_descriptions(tmp_path):
         written = predict_geotiff(model.float(), processor, paths, tmp_path / "out.tif", window_size=32, overlap=8,
                                   quicklook=False, progress=False)
     assert written["main"].exists()
+
+
+# ------------------------------------------------------------------------------------ issue 11: the fast pipeline
+
+
+def test_split_window_rows_covers_each_row_once():
+    from degas_hf.inference import split_window_rows
+
+    assert split_window_rows(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    assert split_window_rows(2, 4) == [(0, 1), (1, 2)]  # never more groups than rows
+    assert split_window_rows(5, 1) == [(0, 5)]
+
+
+@pytest.mark.parametrize("overlap", [16, 40])  # 40: each row is touched by up to three window rows
+def test_several_devices_give_the_one_device_result_bit_for_bit(overlap):
+    """Fake devices (three CPU entries) run the real split: each group also runs the window rows above it that
+    reach into its rows, so every output row sums the same windows in the same order."""
+    model = tiny_segmentation_model(num_labels=3)
+    processor = STSwinMAEImageProcessor.from_preset("ssl4eo-s12-l1c", band_names=BANDS6)
+    scene = (np.random.default_rng(4).random((4, 6, 150 if overlap == 16 else 90, 70)) * 3000 + 1).astype(np.uint16)
+    scene[:, :, 40:60] = 0
+    processor.nodata_value = 0
+    kwargs = dict(window_size=48, overlap=overlap, batch_size=2, probabilities=True, progress=False)
+    one = SlidingWindowPredictor(model, processor, **kwargs).predict(scene)
+
+    class RecordingSink(ArraySink):
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        def write(self, name, block, row_off):
+            if name == "classes":
+                self.rows.extend(range(row_off, row_off + block.shape[-2]))
+            super().write(name, block, row_off)
+
+    sink = RecordingSink()
+    SlidingWindowPredictor(model, processor, devices=["cpu", "cpu", "cpu"], **kwargs).predict(scene, sink=sink)
+    assert sorted(sink.rows) == list(range(scene.shape[2]))  # every row written exactly once
+    for name in one:
+        np.testing.assert_array_equal(sink.result[name], one[name])
+
+
+def test_windows_are_views_of_one_strip_when_evenly_spaced():
+    strip = torch.arange(2 * 3 * 40, dtype=torch.float32).reshape(2, 3, 40)
+    windows = SlidingWindowPredictor._cut(strip, [0, 12, 24], 16)
+    assert windows.shape == (3, 2, 3, 16) and windows.data_ptr() == strip.data_ptr()  # no copy
+    np.testing.assert_array_equal(windows[2].numpy(), strip[..., 24:40].numpy())
+    uneven = SlidingWindowPredictor._cut(strip, [0, 12, 20], 16)  # the flush-right last window
+    np.testing.assert_array_equal(uneven[2].numpy(), strip[..., 20:36].numpy())
+
+
+def test_bf16_precision_on_the_cpu_agrees_with_fp32(monkeypatch):
+    from degas_hf.inference import resolve_precision
+    from degas_hf.inference import sliding_window
+
+    model = tiny_segmentation_model(num_labels=3)
+    processor = STSwinMAEImageProcessor.from_preset("ssl4eo-s12-l1c", band_names=BANDS6)
+    assert resolve_precision(None, "cpu") == "fp32"
+    if not sliding_window._cpu_supports("bf16"):
+        pytest.skip("this CPU has no bf16 support")
+    scene = (np.random.default_rng(5).random((4, 6, 64, 64)) * 3000 + 1).astype(np.uint16)
+    kwargs = dict(window_size=32, overlap=8, probabilities=True, progress=False)
+    fp32 = SlidingWindowPredictor(model, processor, **kwargs).predict(scene)
+    bf16 = SlidingWindowPredictor(model, processor, precision="bf16", **kwargs).predict(scene)
+    assert bf16["probabilities"].dtype == np.float32
+    np.testing.assert_allclose(bf16["probabilities"], fp32["probabilities"], atol=0.05)
+    monkeypatch.setattr(sliding_window, "_cpu_supports", lambda precision: False)
+    with pytest.raises(ValueError, match="no bf16 support"):
+        SlidingWindowPredictor(model, processor, precision="bf16")
+
+
+def test_quicklook_sampler_equals_a_decimated_read_without_reading_twice():
+    """The quicklook is filled from the prediction's own reads: it must equal a nearest-neighbour decimation of
+    the input and of the output, with every grid pixel filled."""
+    from degas_hf.inference import ArraySource, QuicklookSampler
+
+    rng = np.random.default_rng(6)
+    scene = (rng.random((3, 6, 170, 130)) * 3000 + 1).astype(np.uint16)
+    reads = []
+
+    class CountingSource(ArraySource):
+        def read(self, *args, out_shape=None, **kwargs):
+            reads.append(out_shape)
+            return super().read(*args, out_shape=out_shape, **kwargs)
+
+    source = CountingSource(scene, band_names=BANDS6)
+    sampler = QuicklookSampler(170, 130, num_frames=3, num_rgb=3, max_size=50)
+    model = PointwiseModel(num_frames=3)
+    result = SlidingWindowPredictor(model, STSwinMAEImageProcessor(band_names=BANDS6), window_size=40, overlap=8,
+                                    batch_size=3, progress=False).predict(source, quicklook=sampler,
+                                                                          rgb_bands=[2, 1, 0])
+    assert reads and all(shape is None for shape in reads)  # no decimated second pass
+    expected = ArraySource(scene).read(bands=[2, 1, 0], out_shape=sampler.shape).astype(np.float32)
+    np.testing.assert_array_equal(sampler.rgb, expected)
+    np.testing.assert_array_equal(sampler.prediction, ArraySource(result["classes"][None, None]).read(
+        out_shape=sampler.shape)[0, 0])
+
+
+# ---------------------------------------------------------------------------- the CLI: outputs and bad input
+
+
+def test_cli_cog_colour_table_and_class_names(tmp_path):
+    model_dir = save_tiny_model(tmp_path / "model", num_labels=3, id2label={0: "land", 1: "water", 2: "cloud"})
+    inputs = write_series(tmp_path, num_dates=4, height=40, width=56)
+    out = tmp_path / "map.tif"
+    assert _run("--model", model_dir, "--output", out, *inputs, "--window", 32, "--overlap", 8, "--cog",
+                "--band-names", *BANDS6) == 0
+    with rasterio.open(out) as dst:
+        assert dst.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert dst.colormap(1)[1] == (255, 127, 14, 255)  # the quicklook palette
+        assert json.loads(dst.tags()["CLASS_NAMES"]) == {"0": "land", "1": "water", "2": "cloud"}
+        assert dst.tags(1)["CLASS_2"] == "cloud" and dst.nodata == 255
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_cli_output_must_be_a_geotiff_name(model_dir, tmp_path, capsys):
+    inputs = write_series(tmp_path, num_dates=4, height=20, width=20)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name in ("X.png", "X"):
+        assert _run("--model", model_dir, "--output", tmp_path / name, *inputs) == 2
+        err = capsys.readouterr().err
+        assert "--output" in err and ".tif or .tiff" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_cli_device_precision_and_devices_errors(model_dir, tmp_path, capsys, monkeypatch):
+    from degas_hf.inference import sliding_window
+
+    inputs = write_series(tmp_path, num_dates=4, height=20, width=20)
+    out = tmp_path / "o.tif"
+    if not torch.cuda.is_available():
+        assert _run("--model", model_dir, "--output", out, *inputs, "--device", "cuda") == 2
+        err = capsys.readouterr().err
+        assert "--device cuda" in err and "CUDA" in err and len(err.strip().splitlines()) == 1
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert _run("--model", model_dir, "--output", out, *inputs, "--devices", visible + 2) == 2
+    err = capsys.readouterr().err
+    assert f"--devices {visible + 2}" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(sliding_window, "_cpu_supports", lambda precision: False)
+    assert _run("--model", model_dir, "--output", out, *inputs, "--device", "cpu", "--precision", "bf16") == 2
+    err = capsys.readouterr().err
+    assert "--precision bf16" in err and "no bf16 support" in err
+    assert not out.exists()
+
+
+def test_cli_band_names_space_or_comma_separated(model_dir, tmp_path, capsys):
+    from degas_hf.commands.predict import band_name_list
+
+    assert band_name_list(["B02,B03", "B04"]) == ["B02", "B03", "B04"]
+    inputs = write_series(tmp_path, num_dates=4, height=24, width=24, band_names=[f"Band {i}" for i in range(6)])
+    for names in (BANDS6, [",".join(BANDS6)]):
+        assert _run("--model", model_dir, "--output", tmp_path / "o.tif", *inputs, "--band-names", *names,
+                    "--no-quicklook", "--window", 24, "--overlap", 8) == 0
+    assert _run("--model", model_dir, "--output", tmp_path / "o.tif", inputs[0], "--band-names", "B02",
+                *map(str, inputs[1:])) == 2
+    assert "--band-names took" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    from degas_hf.models.st_swin_mae.modeling_st_swin_mae import STSwinMAEForPreTraining
+
+    folder = tmp_path_factory.mktemp("pretrained")
+    model = tiny_segmentation_model(num_labels=3)
+    STSwinMAEForPreTraining(model.config).save_pretrained(folder)
+    STSwinMAEImageProcessor.from_preset("ssl4eo-s12-l1c", band_names=BANDS6).save_pretrained(folder)
+    return folder
+
+
+def test_cli_refuses_broken_or_untrained_model_folders(model_dir, pretrained_dir, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    inputs = write_series(tmp_path, num_dates=4, height=20, width=20)
+    out = tmp_path / "o.tif"
+
+    def folder(name, weights=None):
+        target = tmp_path / name
+        shutil.copytree(model_dir, target)
+        if weights is not None:
+            weights(target / "model.safetensors")
+        return target
+
+    def nan_weights(path):
+        tensors = load_file(path)
+        tensors["segmentation_head.weight"][0, 0] = float("nan")
+        save_file(tensors, path, metadata={"format": "pt"})
+
+    def pickle_only(path):
+        path.rename(path.with_name("pytorch_model.bin"))
+
+    cases = [
+        (folder("nan", nan_weights), "not finite"),
+        (folder("truncated", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])), "unreadable"),
+        (folder("garbled", lambda p: p.write_bytes(b"\x00garbage" * 64)), "unreadable"),
+        (folder("no_weights", lambda p: p.unlink()), "has no weights"),
+        (folder("pickle", pickle_only), "only pickle weights"),
+        (pretrained_dir, "no trained segmentation head"),
+        (tmp_path / "missing_folder", "does not exist"),
+        ("nobody/no-such-model", "not found in the local Hugging Face cache"),
+    ]
+    for model, message in cases:
+        assert _run("--model", model, "--output", out, *inputs) == 2, model
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and err[-1].startswith("degas-hf predict: error: "), (model, err)
+        assert not [line for line in err if "Traceback" in line or "error" in line and line is not err[-1]]
+        assert not out.exists()
+    assert _run("--model", pretrained_dir, "--output", out, *inputs, "--allow-untrained-head", "--no-quicklook") == 0
+
+
+def test_cli_takes_a_hub_id_from_the_local_cache(model_dir, tmp_path, monkeypatch):
+    """`--model user/name` resolves offline through huggingface_hub's cache layout, as finetune's --model does."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-flood" / "snapshots" / ("a" * 40)
+    shutil.copytree(model_dir, snapshot)
+    (cache / "models--someone--tiny-flood" / "refs").mkdir()
+    (cache / "models--someone--tiny-flood" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    inputs = write_series(tmp_path, num_dates=4, height=20, width=20)
+    assert _run("--model", "someone/tiny-flood", "--output", tmp_path / "o.tif", *inputs, "--no-quicklook") == 0
+
+
+def test_mean_model_warns_when_the_number_of_dates_differs_from_training():
+    model = tiny_segmentation_model(num_labels=2, temporal_aggregation="mean")  # config.num_frames = 4
+    predictor = SlidingWindowPredictor(model, STSwinMAEImageProcessor(band_names=BANDS6), progress=False)
+    with pytest.warns(UserWarning, match="trained on 4 dates.*has 1"):
+        predictor.predict(np.ones((1, 6, 16, 16), np.float32))
+
+
+def test_sigterm_and_killed_runs_leave_no_temporary_file(model_dir, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from degas_hf.inference.predict import GeoTiffSink
+
+    inputs = write_series(tmp_path, num_dates=4, height=64, width=40)
+    folder = tmp_path / "results"
+    folder.mkdir()
+    out = folder / "pred.tif"
+    # What a run killed with SIGKILL leaves: temporaries of a dead process (and of an older naming); a live
+    # process's temporary (another run writing the same output) must stay.
+    dead = folder / ".pred.tif.4194303.abcd.tmp.tif"
+    old_style = folder / ".pred.tif.xyz12.tmp.tif"
+    live = folder / f".pred.tif.{os.getppid()}.live.tmp.tif"
+    for path in (dead, old_style, live, folder / ".pred.png.4194303.q.tmp.png"):
+        path.write_bytes(b"partial")
+    assert _run("--model", model_dir, "--output", out, *inputs, "--window", 32, "--overlap", 8) == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["pred.tif", "pred.png", live.name])
+    live.unlink()
+    out.unlink()
+    (folder / "pred.png").unlink()
+
+    write = GeoTiffSink.write
+
+    def terminated_while_writing(self, name, block, row_off):
+        write(self, name, block, row_off)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(GeoTiffSink, "write", terminated_while_writing)
+    assert _run("--model", model_dir, "--output", out, *inputs, "--window", 32, "--overlap", 8) == 128 + 15
+    assert "terminated" in capsys.readouterr().err
+    assert list(folder.iterdir()) == []
+
+
+def test_help_and_argument_errors_do_not_import_torch_or_transformers():
+    """`degas-hf --help` and argument errors must be immediate: the console script's entry point defers what
+    `import degas_hf` registers, and command modules import only the standard library at module level."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys
+        from degas_hf_cli import main
+        for argv in (["--help"], ["predict", "--help"], ["predict", "--model", "m", "-o", "o.tif", "--batch-size", "0",
+                                                         "in.tif"]):
+            try:
+                main(argv)
+            except SystemExit as exit:
+                assert exit.code in (0, 2), exit.code
+        heavy = sorted(m for m in ("torch", "transformers", "numpy", "rasterio") if m in sys.modules)
+        assert not heavy, heavy
+        print("light")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "light" in done.stdout, done.stderr[-2000:]
+    assert "argument --batch-size: expected an integer >= 1, got 0" in done.stderr

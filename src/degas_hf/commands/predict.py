@@ -143,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
     from ..io.geotiff import check_output_path
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.no_progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # "Loading weights" bars
     try:  # before loading anything: each message names the flag
         output_paths(args.output, probabilities=args.probabilities, quicklook=not args.no_quicklook)
         check_output_path(args.output)

@@ -17,6 +17,7 @@ For scenes larger than a few thousand pixels use `degas-hf predict`, which strea
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -26,6 +27,29 @@ from transformers import AutoModelForSemanticSegmentation, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 TASK = "multispectral-segmentation"
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _autocast_context(precision: str | None, device: torch.device):
+    """Autocast for `precision` on `device` ("fp32" or None on a CPU: none; None on CUDA: bf16 when supported).
+    Raises a ValueError when the device cannot run the precision asked."""
+    if precision is None:
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; expected one of {sorted(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if device.type == "cpu":
+        probe = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}[precision]
+        try:
+            supported = bool(getattr(torch.ops.mkldnn, probe)())
+        except (AttributeError, RuntimeError):
+            supported = False
+        if not supported:
+            raise ValueError(f"{precision} precision was asked, but this CPU has no {precision} support; use fp32")
+    elif device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("bf16 precision was asked, but this GPU has no bf16 support; use fp16 or fp32")
+    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
 
 
 def _is_date(item) -> bool:
@@ -51,6 +75,8 @@ class STSwinMAESegmentationPipeline(Pipeline):
         frames_per_file (`int`, *optional*): dates per GeoTIFF, bands date-major.
         nodata_value (`float`, *optional*): raw nodata value of array inputs.
         return_probabilities (`bool`, *optional*): also return the (K, H, W) softmax probabilities.
+        precision (`str`, *optional*): "fp32", "bf16" or "fp16" autocast for the forward; defaults to bf16 on a
+            CUDA device that supports it, fp32 elsewhere (as `degas-hf predict --precision`).
 
     Returns, per sample, a dict:
         classification: `class_map` (H, W) int64 numpy (-1 where no date holds data) and `segments`, a list of
@@ -65,7 +91,8 @@ class STSwinMAESegmentationPipeline(Pipeline):
     _load_feature_extractor = False
 
     def _sanitize_parameters(
-        self, band_names=None, frames_per_file=None, nodata_value=None, return_probabilities=None, **kwargs
+        self, band_names=None, frames_per_file=None, nodata_value=None, return_probabilities=None, precision=None,
+        **kwargs,
     ):
         if kwargs:
             raise ValueError(f"Unknown arguments {sorted(kwargs)} for {type(self).__name__}")
@@ -76,10 +103,14 @@ class STSwinMAESegmentationPipeline(Pipeline):
             preprocess_kwargs["frames_per_file"] = int(frames_per_file)
         if nodata_value is not None:
             preprocess_kwargs["nodata_value"] = float(nodata_value)
+        forward_kwargs = {}
+        if precision is not None:
+            _autocast_context(str(precision).lower(), self.device)  # refuse now, not after preprocessing
+            forward_kwargs["precision"] = str(precision).lower()
         postprocess_kwargs = {}
         if return_probabilities is not None:
             postprocess_kwargs["return_probabilities"] = bool(return_probabilities)
-        return preprocess_kwargs, {}, postprocess_kwargs
+        return preprocess_kwargs, forward_kwargs, postprocess_kwargs
 
     def __call__(self, inputs, **kwargs):
         if isinstance(inputs, (list, tuple)) and not isinstance(inputs, _OneSample):
@@ -103,9 +134,10 @@ class STSwinMAESegmentationPipeline(Pipeline):
         dtype = self.dtype or torch.float32
         return {"pixel_values": batch["pixel_values"].to(dtype), "valid_mask": batch["valid_mask"]}
 
-    def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
-        outputs = self.model(pixel_values=model_inputs["pixel_values"], valid_mask=model_inputs["valid_mask"])
-        return {"logits": outputs.logits, "valid_mask": model_inputs["valid_mask"]}
+    def _forward(self, model_inputs: dict[str, Any], precision: str | None = None) -> dict[str, Any]:
+        with _autocast_context(precision, self.device):
+            outputs = self.model(pixel_values=model_inputs["pixel_values"], valid_mask=model_inputs["valid_mask"])
+        return {"logits": outputs.logits.float(), "valid_mask": model_inputs["valid_mask"]}
 
     def postprocess(self, model_outputs: dict[str, Any], return_probabilities: bool = False) -> dict[str, Any]:
         logits = model_outputs["logits"].float().cpu()
