@@ -125,7 +125,7 @@ class Sen1Floods11(GeoSegmentationDataset):
                 if (folder / name).is_file():
                     return folder / name
         raise ValueError(
-            f"Sen1Floods11: split file {csv_name} (or {csv_name.replace('.csv', '.txt')}) not found under {self.root} "
+            f"Sen1Floods11: split file {csv_name} not found under {self.root}, nor {csv_name.replace('.csv', '.txt')} "
             f"(expected [v1.1/]splits/flood_handlabeled/{csv_name})"
         )
 
