@@ -526,17 +526,19 @@ def test_phileo_bench_index_file_gives_the_fixed_selection(tmp_path):
                for b, (n, m) in lengths.items()}
     folder = tmp_path / "indices"
     folder.mkdir()
-    (folder / "indices_12122023_128_10m_lc_2.json").write_text(json.dumps(entries))
+    (folder / "indices_12122023_8_10m_lc_2.json").write_text(json.dumps(entries))
+    # The bench names selections by patch size (`_128_10m_`; these patches are 8 px): the other size is not taken.
+    (folder / "indices_16012024_224_30m_lc_2.json").write_text("{}")
     train = PhilEOBench(root, "train", label="lc", n_shot=2, indices=folder)
     rows = {b: _bench_bucket_rows(root, "train", b) for b in _BENCH_BUCKETS}
     assert [s.key for s in train.samples] == [rows[b][i] for b in _BENCH_BUCKETS for i in chosen[b]]
-    assert train.protocol["selection"] == "indices file indices_12122023_128_10m_lc_2.json"
-    val = PhilEOBench(root, "val", label="lc", indices=folder / "indices_12122023_128_10m_lc_2.json")
+    assert train.protocol["selection"] == "indices file indices_12122023_8_10m_lc_2.json"
+    val = PhilEOBench(root, "val", label="lc", indices=folder / "indices_12122023_8_10m_lc_2.json")
     assert len(val) == 4 and val.protocol["n_shot"] == 2
     with pytest.raises(ValueError, match=r"index file for label 'lc', not 'building'"):
-        PhilEOBench(root, "train", label="building", indices=folder / "indices_12122023_128_10m_lc_2.json")
+        PhilEOBench(root, "train", label="building", indices=folder / "indices_12122023_8_10m_lc_2.json")
     entries["japan"]["length_multi_array_train"] = 60
-    (folder / "indices_12122023_128_10m_lc_2.json").write_text(json.dumps(entries))
+    (folder / "indices_12122023_8_10m_lc_2.json").write_text(json.dumps(entries))
     with pytest.raises(ValueError, match=r"made for 60 train patches in region 'japan', found 6"):
         PhilEOBench(root, "train", label="lc", n_shot=2, indices=folder)
 

@@ -25,8 +25,8 @@ training files taken sub-region by sub-region in the bucket's order and sorted b
 `random.Random(12345).sample(range(N), n)`; for building and roads the bench walks a `random.Random(12345)`
 permutation and keeps a patch when its mean label exceeds 0.005 (0.01 for validation) or, otherwise, with
 probability 1/4 (`random.Random(156)`), so the same data gives the same patches as the bench. `indices=` takes the
-bench's fixed selections (`indices/indices_<date>[_128_10m]_<label>_<n>.json`, or the folder holding them), which
-list the patches per bucket; their recorded bucket sizes must match the data. A bucket with fewer patches than asked
+bench's fixed selections (`indices/indices_<date>[_128_10m]_<label>_<n>.json`, or the folder holding them: there,
+the one named for the patches' size when several match), which list the patches per bucket; their recorded bucket sizes must match the data. A bucket with fewer patches than asked
 keeps all of them (as the bench does) and a warning gives the counts.
 
 Test split: every sub-region but tanzania-1, which the bench's test list leaves out (it is spelled `tanzanipa-1`
@@ -305,6 +305,9 @@ class PhilEOBench(GeoSegmentationDataset):
         if path.is_dir():
             pattern = f"indices_*_{self.label_name}_{self.n_shot if self.n_shot is not None else '*'}.json"
             found = sorted(path.glob(pattern))
+            if len(found) > 1:  # the bench names its selections by patch size too (`_128_10m_`): take that one
+                sized = [p for p in found if f"_{self._patch_size()}_" in p.name]
+                found = sized if len(sized) == 1 else found
             if len(found) != 1:
                 raise ValueError(
                     f"PhilEO Bench: expected one index file {pattern} in {path}, found "
@@ -330,6 +333,12 @@ class PhilEOBench(GeoSegmentationDataset):
             self.n_shot = int(match["n"])
             self.protocol["n_shot"] = self.n_shot
         return fixed
+
+    def _patch_size(self) -> int | None:
+        """Height of the training patches (the first training file's), or None when there is none."""
+        for images in self._files_by_subregion("train").values():
+            return int(self._array(images[0]).shape[1])
+        return None
 
     def _fixed_selection(self, fixed: dict, bucket: str, num_train: int, num_val: int) -> tuple[list[int], list[int]]:
         if bucket not in fixed:
