@@ -50,6 +50,23 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def prepared_root(tmp_path_factory) -> Path:
+    """The raw SSL4EO-S12 layout (4 locations, 32 px, random DN, no nodata) prepared with prepare-ssl4eo."""
+    from test_ssl4eo import write_ssl4eo
+
+    from degas_hf.data.prepared import prepare_ssl4eo
+
+    base = tmp_path_factory.mktemp("ssl4eo")
+    raw = write_ssl4eo(base / "raw", n_locations=4, size10=32, nodata_corner=False, random_values=True)
+    prepare_ssl4eo(raw, base / "prepared", samples_per_shard=2, progress=False)
+    return base / "prepared"
+
+
+def prepared_overrides(root, out, **kw) -> list[str]:
+    return base_overrides(root, out, data__format="prepared", data__samples_per_item=4, **kw)
+
+
 def base_overrides(root, out, **kw) -> list[str]:
     values = {
         "model.preset": "degas-tiny", "data.format": "timeseries_folder", "data.root": str(root),
@@ -132,7 +149,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.timeout(300)
-def test_two_cpu_ranks_torchrun(tmp_path, synthetic_root):
+def test_two_cpu_ranks_torchrun(tmp_path, synthetic_root, prepared_root):
     """torchrun --nproc_per_node 2 with ACCELERATE_USE_CPU=1 (gloo): identical weights on both ranks, and the same
     weights as 1 rank with twice the batch (no nodata and a fixed mask ratio: every rank's loss averages the same
     number of pixels, so the mean of the rank means is the global mean). The 2-rank run also uses activation
@@ -143,15 +160,21 @@ def test_two_cpu_ranks_torchrun(tmp_path, synthetic_root):
         from safetensors.torch import save_file
         from degas_hf.training.pretrain import load_config, train
         overrides = {base_overrides(synthetic_root, tmp_path / "ddp", model__activation_checkpointing="true")!r}
+        prefix = ""
+        if sys.argv[1:] == ["prepared"]:  # raw uint16 crops normalised in the step, shard-local sampler
+            overrides, prefix = {prepared_overrides(prepared_root, tmp_path / "ddp_prepared")!r}, "prepared_"
         summary = train(load_config(None, overrides), return_model=True)
         assert summary["num_processes"] == 2, summary
         state = {{k: v.contiguous() for k, v in summary["model"].state_dict().items()}}
-        save_file(state, "{tmp_path}/rank%d.safetensors" % summary["process_index"])
+        save_file(state, "{tmp_path}/%srank%d.safetensors" % (prefix, summary["process_index"]))
     """))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(script)]
-    proc = subprocess.run(cmd, env=_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=280)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for extra in ([], ["prepared"]):
+        cmd[cmd.index("--master_port") + 1] = str(_free_port())
+        proc = subprocess.run(cmd + extra, env=_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True,
+                              timeout=280)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     from safetensors.torch import load_file
 
     rank0, rank1 = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
@@ -173,6 +196,13 @@ def test_two_cpu_ranks_torchrun(tmp_path, synthetic_root):
     losses_ddp = [json.loads(l)["loss"] for l in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     losses_one = [json.loads(l)["loss"] for l in (tmp_path / "single" / "log.jsonl").read_text().splitlines()]
     np.testing.assert_allclose(losses_ddp, losses_one, rtol=1e-4)
+
+    p0, p1 = load_file(str(tmp_path / "prepared_rank0.safetensors")), load_file(str(tmp_path / "prepared_rank1.safetensors"))
+    one = weights(Path(train(load_config(None, prepared_overrides(prepared_root, tmp_path / "prepared_single",
+                                                                  train__per_device_batch_size=4)))["export_dir"]))
+    for k in p0:
+        assert torch.equal(p0[k], p1[k]), k
+        torch.testing.assert_close(p0[k], one[k], rtol=1e-4, atol=2e-5, msg=k)
 
 
 def _demo_like(out, **kw) -> list[str]:
@@ -294,3 +324,135 @@ def test_pruning_keeps_complete_checkpoints_and_sets_aside_an_abandoned_timeline
     ck.save_checkpoint(accelerator, tmp_path, 120, {"step": 120}, keep_last=1)
     assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["checkpoint-00000120"]
     assert ck.find_latest_checkpoint(tmp_path).name == "checkpoint-00000120"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Nothing a user owns is lost, nothing in a checkpoint runs, one clear line per mistake (issue 13)
+
+
+def _run_cli(args, capsys) -> tuple[int, str]:
+    """`degas-hf pretrain ARGS` in process; a first argument that is not a config gets a minimal YAML one."""
+    from degas_hf.cli import main
+
+    if args and ("=" in args[0] or args[0].startswith("-")) and "--resume" not in args[:1]:
+        args = [str(_minimal_config()), *args]
+    rc = main(["pretrain", *args])
+    return rc, capsys.readouterr().err
+
+
+def _minimal_config() -> Path:
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / "degas_hf_test_pretrain_tiny.yaml"
+    path.write_text("model:\n  preset: degas-tiny\n")
+    return path
+
+
+def test_refuses_to_replace_a_model_or_a_finished_run_and_keeps_logs(tmp_path, synthetic_root, capsys):
+    old_umask = os.umask(0o022)
+    try:
+        short = dict(train__max_steps=2, checkpoint__save_every=0, checkpoint__save_final="false")
+        first = tmp_path / "a"
+        rc, err = _run_cli(base_overrides(synthetic_root, first, **short), capsys)
+        assert rc == 0, err
+        assert not ck.list_checkpoints(first) and (first / "final" / "model.safetensors").is_file()
+        # exported weights follow the umask like every other file (safetensors alone writes 0600)
+        assert (first / "final" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+        log = (first / "log.jsonl").read_text()
+        weights_before = (first / "final" / "model.safetensors").read_bytes()
+        rc, err = _run_cli(base_overrides(synthetic_root, first, **short), capsys)
+        assert rc == 2 and "holds an earlier run" in err and "--overwrite" in err and err.count("\n") == 1
+        assert (first / "log.jsonl").read_text() == log
+        # an existing model folder as export_dir of another run
+        rc, err = _run_cli(base_overrides(synthetic_root, tmp_path / "b", export_dir=first / "final", **short), capsys)
+        assert rc == 2 and "already holds files" in err
+        assert (first / "final" / "model.safetensors").read_bytes() == weights_before
+        # --overwrite, anywhere on the command line: the run starts again, the old log is kept beside the new one
+        rc, err = _run_cli([*base_overrides(synthetic_root, first, **short)[:3], "--overwrite",
+                            *base_overrides(synthetic_root, first, **short)[3:]], capsys)
+        assert rc == 0, err
+        assert (first / "log.previous-1.jsonl").read_text() == log
+        assert [json.loads(line)["step"] for line in (first / "log.jsonl").read_text().splitlines()] == [1, 2]
+    finally:
+        os.umask(old_umask)
+    for extra, message in [("checkpoint.keep_last=-1", "checkpoint.keep_last must be >= 0"),
+                           ("data.crop_size=0", "data.crop_size must be a positive"),
+                           ("output_dir=/sys/degas-hf-test", "output_dir /sys/degas-hf-test cannot be written")]:
+        rc, err = _run_cli([*base_overrides(synthetic_root, tmp_path / "c"), extra], capsys)
+        assert rc == 2 and message in err and err.count("\n") == 1, err
+    rc, err = _run_cli([*base_overrides(synthetic_root, tmp_path / "c"), "--resume", str(tmp_path / "nowhere")], capsys)
+    assert rc == 2 and "no such checkpoint folder" in err and "COMPLETE" not in err
+
+
+class _Payload:
+    """Unpickling this runs a command that creates a file: proof that a pickle was executed."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _replant(checkpoint: Path) -> None:
+    """Rewrite the checkpoint's manifest so the planted files pass the completeness check."""
+    manifest = json.loads((checkpoint / ck.COMPLETE_MARKER).read_text())
+    manifest["files"] = {p.name: {"size": p.stat().st_size, "sha256": ck._sha256(p)}
+                         for p in sorted(checkpoint.iterdir()) if p.name != ck.COMPLETE_MARKER}
+    (checkpoint / ck.COMPLETE_MARKER).write_text(json.dumps(manifest))
+
+
+def test_resume_never_unpickles(tmp_path, synthetic_root):
+    import pickle
+
+    run = tmp_path / "run"
+    train(load_config(None, base_overrides(synthetic_root, run, train__max_steps=4)))
+    marker = tmp_path / "pwned"
+    latest = run / "checkpoint-00000004"
+    assert not list(latest.glob("*.pkl"))
+    # Accelerate's load_state unpickles these two; planted here, they must never run
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):
+        (latest / name).write_bytes(pickle.dumps(_Payload(marker)))
+    _replant(latest)
+    summary = train(load_config(None, base_overrides(synthetic_root, run)), resume=True)
+    assert summary["step"] == 6 and not marker.exists()
+    # a crafted optimizer file is refused by the weights-only loader, with one clear line, and does not run either
+    crafted = run / "checkpoint-00000006"
+    torch.save({"state": _Payload(marker), "param_groups": []}, crafted / "optimizer.bin")
+    _replant(crafted)
+    with pytest.raises(ck.CheckpointError, match="optimizer.bin is not a plain tensor file"):
+        train(load_config(None, base_overrides(synthetic_root, run, train__max_steps=8)), resume=True)
+    assert not marker.exists()
+
+
+def test_resume_order_other_architecture_and_disk_full(tmp_path, synthetic_root, capsys, monkeypatch):
+    run = tmp_path / "run"
+    cfg_yaml = tmp_path / "cfg.yaml"
+    cfg_yaml.write_text("model:\n  preset: degas-tiny\n")
+    overrides = base_overrides(synthetic_root, run, train__max_steps=2)
+    assert _run_cli([str(cfg_yaml), *overrides], capsys)[0] == 0
+    # --resume followed by overrides, and before the configuration: both continue the run
+    more = [o for o in overrides if not o.startswith("train.max_steps")]
+    rc, err = _run_cli([str(cfg_yaml), "--resume", "train.max_steps=4", *more], capsys)
+    assert rc == 0 and ck.find_latest_checkpoint(run).name == "checkpoint-00000004", err
+    rc, err = _run_cli(["--resume", str(cfg_yaml), "train.max_steps=5", *more], capsys)
+    assert rc == 0 and ck.find_latest_checkpoint(run).name == "checkpoint-00000005", err
+    # resuming with another architecture: one line, before any step
+    rc, err = _run_cli([str(cfg_yaml), *more, "train.max_steps=7", "model.config.embed_dim=32", "--resume"], capsys)
+    assert rc == 2 and "another architecture" in err and err.count("\n") == 1, err
+    # the disk fills up while the next checkpoint is written: one line, the previous checkpoint is kept
+    from accelerate import Accelerator
+
+    real = Accelerator.save_state
+
+    def full_disk(self, output_dir=None, **kwargs):
+        real(self, output_dir, **kwargs)
+        raise OSError(28, "No space left on device", str(Path(output_dir) / "optimizer.bin"))
+
+    monkeypatch.setattr(Accelerator, "save_state", full_disk)
+    rc, err = _run_cli([str(cfg_yaml), *more, "train.max_steps=7", "--resume"], capsys)
+    assert rc == 2 and "checkpoint-00000005 is kept" in err, err
+    last = err.strip().splitlines()[-1]  # after the training log lines, one error line, no traceback
+    assert last.startswith("degas-hf pretrain: error: no space left on device") and "Traceback" not in err
+    assert ck.find_latest_checkpoint(run).name == "checkpoint-00000005"
+    assert not [p for p in run.iterdir() if p.name.startswith(".tmp-")]
