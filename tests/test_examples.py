@@ -21,6 +21,15 @@ from test_data_tasks import (  # noqa: E402
 )
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def write_generic_splits(root: Path) -> Path:
+    """The generic fixture with disjoint split files (a split without a file holds the images no file names)."""
+    write_generic(root)
+    (root / "train.txt").write_text("field_00\nfield_01\n")
+    (root / "val.txt").write_text("field_02\n")
+    (root / "test.txt").write_text("field_02\n")
+    return root
 QUICK = ["--model", "degas-tiny", "--max-steps", "2", "--batch-size", "2"]
 
 # example -> (fixture writer, extra arguments, splits reported (the first test split last: it gets the figures),
@@ -32,7 +41,7 @@ CASES = {
     "finetune_phileo_lc": (lambda root: write_phileo(root, regions=("japan",)), ["--n-shot", "2"], ("val", "test"), False),
     "finetune_phileo_building": (lambda root: write_phileo(root, regions=("japan",)), ["--target-scale", "1"], ("val", "test"), True),
     "finetune_generic": (
-        write_generic, ["--band-names", "B02", "B03", "B04", "B8A", "B11", "B12", "--num-frames", "2", "--num-classes", "2"],
+        write_generic_splits, ["--band-names", "B02,B03,B04", "B8A", "B11,B12", "--num-frames", "2", "--num-classes", "2"],
         ("val", "test"), False,
     ),
 }
