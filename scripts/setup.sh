@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: a virtual environment in .venv with the package and its test tools.
 # torch is pinned first so pip takes the local CPU wheel instead of pulling CUDA packages.
-#   DEGAS_EXTRAS   extras to install (default "test"; CI uses "test,space,zarr,lora" so every optional path is tested)
+#   DEGAS_EXTRAS   extras to install (default "test"; CI uses "test,space,zarr,lora,onnx" so every optional path is tested)
 #   DEGAS_BROWSER  1: also install Debian's chromium (as root) for the Space's headless-browser test
 # Without an optional piece, its tests are skipped with the reason.
 set -euo pipefail

@@ -21,6 +21,7 @@ COMMANDS = {
     "finetune": ("degas_hf.commands.finetune", "Fine-tune ST-SwinUNet on a downstream task with Trainer."),
     "predict": ("degas_hf.commands.predict", "Sliding-window prediction over GeoTIFF scenes, written as a GeoTIFF."),
     "publish": ("degas_hf.commands.publish", "Validate a model folder, render its card and upload it to the Hub."),
+    "export": ("degas_hf.commands.export", "Export a model folder to ONNX or torch.export (.pt2), checked against eager."),
 }
 
 
