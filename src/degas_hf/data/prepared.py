@@ -285,24 +285,28 @@ class PreparedDataset(RasterSampleDataset):
         entry = self.shards[si]
         return entry["meta"][entry["offsets"].index(off)]
 
-    def read_item_raw(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int]) -> np.ndarray:
+    def read_item_raw(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int],
+                      out: np.ndarray | None = None) -> np.ndarray:
         si, off = self._items[item]
         mm = self._map(si)
         r0, c0, h, w = window
         try:
             # the array header sits just before the data (64-byte aligned): check its magic, so an index that does
             # not match the shard (replaced, damaged) is an error naming it, not garbage pixels
-            header_start = mm.rfind(_NPY_MAGIC, max(0, off - 4096), off)
-            if header_start < 0:
+            if mm.rfind(_NPY_MAGIC, max(0, off - 4096), off) < 0:
                 raise ValueError("no array header at the indexed offset")
             sample = np.ndarray(self.sample_shape, dtype=self.dtype, buffer=mm, offset=off)
-            view = sample[:, :, r0:r0 + h, c0:c0 + w]
-            if not self.all_channels:
-                return view[:, self.channels]  # fancy indexing copies
-            return np.array(view)
         except (TypeError, ValueError) as err:
             raise DataError(f"shard {self.root / self.shards[si]['name']} is damaged at sample "
                             f"{self.describe_item(item)}: {err}") from err
+        view = sample[:, :, r0:r0 + h, c0:c0 + w]  # no copy yet: the mapped pages of the crop only
+        if out is None:
+            out = np.empty((view.shape[0], len(self.channels), h, w), dtype=self.dtype)
+        if self.all_channels:
+            np.copyto(out, view)
+        else:
+            np.take(view, self.channels, axis=1, out=out)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

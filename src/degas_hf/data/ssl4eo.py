@@ -184,7 +184,8 @@ class SSL4EOS12Dataset(RasterSampleDataset):
                 cache[item] = (int(round(src.height * factor)), int(round(src.width * factor)))
         return cache[item]
 
-    def read_item_raw(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int]) -> np.ndarray:
+    def read_item_raw(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int],
+                      out: np.ndarray | None = None) -> np.ndarray:
         """`(T, C, h, w)` in the files' dtype (uint16 DN for S2), window `(row, col, h, w)` of the sample grid.
 
         Each band file is read through a window of its own grid (fractional for 20 / 60 m bands) resampled to the
@@ -197,7 +198,6 @@ class SSL4EOS12Dataset(RasterSampleDataset):
         r0, c0, h, w = window
         grid_h, grid_w = self.item_shape(item)
         seasons = self._seasons(item)
-        out = None
         # one GDAL environment per sample (not per file); no directory listing on open (no sidecar files here)
         with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -370,7 +370,8 @@ class SSL4EOS12ZarrDataset(RasterSampleDataset):
     def item_shape(self, item: int) -> tuple[int, int]:
         return self._open_file(self._index[item][0])[2]
 
-    def read_item_raw(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int]) -> np.ndarray:
+    def read_item_raw(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int],
+                      out: np.ndarray | None = None) -> np.ndarray:
         """`(time, band, h, w)` as stored (S2: int16 with the +`dn_offset`, 0 = fill)."""
         fi, s = self._index[item]
         r0, c0, h, w = window
@@ -383,4 +384,7 @@ class SSL4EOS12ZarrDataset(RasterSampleDataset):
             arr = arr[:, channels]
         if self.modality == "s1":
             arr = arr.astype(np.float32)  # float16 dB: the normaliser works in float32
+        if out is not None:
+            np.copyto(out, arr)
+            return out
         return np.ascontiguousarray(arr)

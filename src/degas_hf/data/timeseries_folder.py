@@ -170,7 +170,10 @@ class RasterSampleDataset(torch.utils.data.Dataset):
             out -= np.float32(self.dn_offset)
         return out
 
-    def read_item_raw(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int]) -> np.ndarray:
+    def read_item_raw(self, item: int, rng: np.random.Generator, window: tuple[int, int, int, int],
+                      out: np.ndarray | None = None) -> np.ndarray:
+        """Raw `(T, C, h, w)` values of `window`; written into `out` (and returned) when given, so that a batch is
+        assembled with one copy per sample (see `__getitems__`)."""
         raise NotImplementedError
 
     def describe_item(self, item: int) -> str:
@@ -202,7 +205,8 @@ class RasterSampleDataset(torch.utils.data.Dataset):
             r0, c0 = max(h - c, 0) // 2, max(w - c, 0) // 2
         return r0, c0, min(c, h), min(c, w)
 
-    def __getitem__(self, key) -> dict[str, Any]:
+    def _locate(self, key) -> tuple[int, int, np.random.Generator, tuple[int, int, int, int]]:
+        """(index, item, rng, window) of a key; the rng has drawn the window (and draws the mask seed next)."""
         if isinstance(key, (tuple, list)):
             epoch, index = int(key[0]), int(key[1])
         else:
@@ -211,7 +215,40 @@ class RasterSampleDataset(torch.utils.data.Dataset):
             raise IndexError(index)
         item = index // self.samples_per_item
         rng = _seed_rng(self.seed, epoch, index)
-        window = self._window(self.item_shape(item), rng)
+        return index, item, rng, self._window(self.item_shape(item), rng)
+
+    def __getitems__(self, keys: Sequence) -> list[dict[str, Any]]:
+        """A batch of samples (what DataLoader's fetcher asks for). With raw output and a fixed crop, the samples'
+        `raw_values` are consecutive views of one batch tensor (in shared memory inside a DataLoader worker), each
+        read straight into its slot: one copy per sample from the file or the mapped shard to the batch that
+        crosses to the main process, which :func:`collate_pretraining` then hands on without stacking."""
+        if self.output != "raw" or self.crop_size is None or len(keys) < 2:
+            return [self[k] for k in keys]
+        first = self[keys[0]]
+        one = first["raw_values"]
+        numel = len(keys) * one.numel()
+        if torch.utils.data.get_worker_info() is not None:
+            storage = torch.UntypedStorage._new_shared(numel * one.element_size())
+        else:
+            storage = torch.UntypedStorage(numel * one.element_size())
+        batch = torch.empty(0, dtype=one.dtype).set_(storage, 0, (len(keys), *one.shape))
+        batch[0].copy_(one)
+        arrays = batch.numpy()
+        fill = np.nan if self.raw_nodata is None else self.raw_nodata
+        samples = [{**first, "raw_values": batch[0]}]
+        for j, key in enumerate(keys[1:], start=1):
+            index, item, rng, (r0, c0, h, w) = self._locate(key)
+            slot = arrays[j]
+            if (h, w) != slot.shape[-2:]:  # an image smaller than the crop: padded with nodata
+                slot.fill(fill)
+                slot[..., :h, :w] = self.read_item_raw(item, rng, (r0, c0, h, w))
+            else:
+                self.read_item_raw(item, rng, (r0, c0, h, w), out=slot)
+            samples.append({"raw_values": batch[j], "mask_seed": int(rng.integers(0, 2**62)), "index": index})
+        return samples
+
+    def __getitem__(self, key) -> dict[str, Any]:
+        index, item, rng, window = self._locate(key)
         if self.output == "raw":
             raw = self.read_item_raw(item, rng, window)
             if self.crop_size is not None and (raw.shape[-2] < self.crop_size or raw.shape[-1] < self.crop_size):
@@ -252,9 +289,22 @@ class RasterSampleDataset(torch.utils.data.Dataset):
         return datasets.Dataset.from_generator(generate, cache_dir=cache_dir)
 
 
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.stack`, without the copy when the tensors already are the consecutive slots of one storage (the
+    batches `RasterSampleDataset.__getitems__` builds)."""
+    first = tensors[0]
+    storage, n = first.untyped_storage(), first.numel()
+    if (storage.nbytes() == len(tensors) * n * first.element_size()
+            and all(t.is_contiguous() and t.dtype == first.dtype and t.shape == first.shape
+                    and t.untyped_storage().data_ptr() == storage.data_ptr() and t.storage_offset() == i * n
+                    for i, t in enumerate(tensors))):
+        return torch.empty(0, dtype=first.dtype).set_(storage, 0, (len(tensors), *first.shape))
+    return torch.stack(tensors)
+
+
 def collate_pretraining(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack samples into a batch: `pixel_values`/`valid_mask` (normalised readers) or `raw_values` (raw output)."""
-    out = {name: torch.stack([s[name] for s in samples]) for name in ("pixel_values", "valid_mask", "raw_values")
+    out = {name: _stack([s[name] for s in samples]) for name in ("pixel_values", "valid_mask", "raw_values")
            if name in samples[0]}
     out["mask_seed"] = torch.tensor([s["mask_seed"] for s in samples], dtype=torch.int64)
     out["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.int64)
@@ -292,22 +342,30 @@ class DeviceNormalizer:
             raise ValueError(f"raw_values must be (B, T, C, H, W), got shape {tuple(raw.shape)}")
         if not self.identity:
             raw = raw[:, :, self.channels]
-        raw = raw.transpose(1, 2)  # (B, C, T, H, W)
         device = raw.device
         if self.scale.device != device:
             self.scale, self.offset = self.scale.to(device), self.offset.to(device)
-        x = raw.to(torch.float32)
-        invalid = torch.zeros((x.shape[0], *x.shape[2:]), dtype=torch.bool, device=device)
+        batch, frames, channels, height, width = raw.shape
+        invalid = torch.zeros((batch, frames, height, width), dtype=torch.bool, device=device)
         for value in self.nodata:
-            invalid |= (raw == value).any(dim=1)
+            invalid |= (raw == value).any(dim=2)
+        # one pass casts and transposes to (B, C, T, H, W); then in place: x - dn_offset, x * scale, + offset
+        # (separate roundings, as the processor's NumPy code does them)
+        values = torch.empty((batch, channels, frames, height, width), dtype=torch.float32, device=device)
+        values.copy_(raw.transpose(1, 2))
         if self.dn_offset:
-            x = x - self.dn_offset
-        values = x * self.scale
-        values = values + self.offset
-        if raw.dtype.is_floating_point or not torch.isfinite(values).all():
+            values.sub_(self.dn_offset)
+        values.mul_(self.scale).add_(self.offset)
+        # integers times a finite scale stay finite (as in the processor); float data may hold NaN / Inf
+        if raw.dtype.is_floating_point or self._integer_bound_overflows(raw.dtype):
             invalid |= ~torch.isfinite(values).all(dim=1)
-        values = values.masked_fill(invalid[:, None], self.fill_value)
-        return values.contiguous(), ~invalid
+        values.masked_fill_(invalid[:, None], self.fill_value)
+        return values, ~invalid
+
+    def _integer_bound_overflows(self, dtype: torch.dtype) -> bool:
+        info = torch.iinfo(dtype)
+        bound = max(abs(info.min), abs(info.max)) + abs(self.dn_offset)
+        return not np.isfinite(np.float32(bound * float(self.scale.abs().max()) + float(self.offset.abs().max())))
 
 
 def _to_float_with_nan(arr: np.ndarray, nodata) -> np.ndarray:

@@ -561,12 +561,6 @@ def _resume_path(cfg: PretrainConfig, resume, output_dir: Path, ck) -> Path | No
 def _check_outputs(cfg: PretrainConfig, output_dir: Path, export_dir: Path, resuming: bool, ck) -> None:
     """Refuse to replace a model or a finished run without `overwrite`, and check that the folders are writable,
     before anything is built (one clear line instead of a traceback after the first steps)."""
-    if export_dir.is_file():
-        raise ConfigError(f"export_dir {export_dir} is a file, not a folder")
-    if export_dir.is_dir() and any(export_dir.iterdir()) and not cfg.overwrite:
-        if not (resuming and export_dir.resolve() == (output_dir / "final").resolve()):
-            raise ConfigError(f"export_dir {export_dir} already holds files (a saved model?); pass --overwrite "
-                              "(overwrite=true) to replace them, or choose another export_dir")
     if output_dir.is_file():
         raise ConfigError(f"output_dir {output_dir} is a file, not a folder")
     if not resuming and not cfg.overwrite and output_dir.is_dir() and not ck.list_checkpoints(output_dir):
@@ -575,6 +569,12 @@ def _check_outputs(cfg: PretrainConfig, output_dir: Path, export_dir: Path, resu
             raise ConfigError(f"output_dir {output_dir} holds an earlier run ({', '.join(earlier)}); pass --overwrite "
                               "(overwrite=true) to start again there (its log is kept as log.previous-*.jsonl), or "
                               "choose another output_dir")
+    if export_dir.is_file():
+        raise ConfigError(f"export_dir {export_dir} is a file, not a folder")
+    if export_dir.is_dir() and any(export_dir.iterdir()) and not cfg.overwrite:
+        if not (resuming and export_dir.resolve() == (output_dir / "final").resolve()):
+            raise ConfigError(f"export_dir {export_dir} already holds files (a saved model?); pass --overwrite "
+                              "(overwrite=true) to replace them, or choose another export_dir")
     import tempfile
 
     for name, folder in (("output_dir", output_dir), ("export_dir", export_dir)):
@@ -779,7 +779,8 @@ def train(cfg: PretrainConfig, resume: str | bool | None = None, return_model: b
             elapsed = time.time() - t_train
             if is_main:
                 rec = {"step": step, "loss": mean_loss, "lr": lr, "epoch": micro_done // sampler.batches_per_epoch,
-                       "samples_per_s": samples_done * accelerator.num_processes / max(elapsed, 1e-9)}
+                       "samples_per_s": samples_done * accelerator.num_processes / max(elapsed, 1e-9),
+                       "elapsed_s": round(elapsed, 4)}
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
