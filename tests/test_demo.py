@@ -34,6 +34,28 @@ def test_demo_fast_end_to_end(tmp_path):
         assert src.crs.to_epsg() == 32631 and (src.width, src.height) == (64, 64)
         assert set(src.read(1).ravel().tolist()) <= {0, 1, 2, 255}
 
+    # issue 13.9/13.12: both folders publish as they are, their cards claim nothing untrue, and the segmentation
+    # folder loads with a plain pipeline() offline (its task is in config.json's custom_pipelines)
+    from transformers import pipeline
+
+    from degas_hf.hub.model_card import render_model_card
+    from degas_hf.hub.publish import validate_folder
+
+    segmentation = Path(outputs["segmentation_model"])
+    assert list(json.loads((segmentation / "config.json").read_text())["custom_pipelines"]) == ["multispectral-segmentation"]
+    for folder in (outputs["hub_ready_model"], outputs["segmentation_model"]):
+        card = render_model_card(validate_folder(folder), repo_id="my-org/degas-demo").text
+        assert "264 x 264" not in card and "SSL4EO-S12 (Wang" not in card
+        assert "pipeline: ." not in card and "pipelines: ." not in card
+    from degas_hf.commands.demo import DEMO_DATES, sample_dir
+
+    segmenter = pipeline(model=str(segmentation), trust_remote_code=True)
+    class_map = segmenter([str(sample_dir() / "s2" / f"{date}.tif") for date in DEMO_DATES])["class_map"]
+    with rasterio.open(outputs["prediction"]) as src:
+        predicted = src.read(1)
+    valid = (class_map >= 0) & (predicted != 255)
+    assert valid.mean() > 0.9 and (class_map[valid] == predicted[valid]).all()
+
     # a second run replaces the previous demo output; a folder the demo did not write is refused
     foreign = tmp_path / "mine"
     foreign.mkdir()

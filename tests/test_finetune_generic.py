@@ -176,6 +176,12 @@ def test_band_names_space_or_comma_separated():
     ({"--num-frames": "0"}, "--num-frames must be at least 1, found 0"),
     ({"--band-names": "B02,B02"}, "--band-names: each band once, found ['B02']"),
     ({"--class-names": "a"}, "--class-names gives 1 names for --num-classes 3"),
+    ({"--task": "nope"}, "--task 'nope': unknown task"),
+    ({"--lr": "0"}, "--lr must be a positive number, found 0.0"),
+    ({"--batch-size": "0"}, "--batch-size must be a positive integer, found 0"),
+    ({"--crop-size": "-4"}, "--crop-size must be a positive integer, found -4"),
+    ({"--layer-decay": "2"}, "--layer-decay must be in (0, 1], found 2.0"),
+    ({"--class-weights": "1,2"}, "--class-weights: 2 weights given for 3 classes"),
 ])
 def test_cli_errors_name_the_flag(tmp_path, capsys, change, message):
     data = write_pairs(tmp_path / "data", count=2, size=8, layout="folders")
@@ -183,8 +189,10 @@ def test_cli_errors_name_the_flag(tmp_path, capsys, change, message):
             "--band-names": ",".join(BANDS), "--output-dir": str(tmp_path / "o"), **change}
     code = cli_main(["finetune", *[x for pair in args.items() for x in pair]])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
-    assert err[0].startswith("degas-hf finetune: error: ") and message in err[0]
+    # one error line, last; before it at most the run's own notes (normalisation, split), never a traceback
+    assert code == 2 and all(line.startswith("degas-hf finetune: ") for line in err), err
+    assert err[-1].startswith("degas-hf finetune: error: ") and message in err[-1]
+    assert sum(line.startswith("degas-hf finetune: error: ") for line in err) == 1
 
 
 # ---------------------------------------------------------------------------------------------- 13.5 overwrite

@@ -416,3 +416,16 @@ def test_damaged_or_pickle_only_weights_one_line_exit_2(workdir, tmp_path, capsy
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("degas-hf publish: error: ") and message in err[0] and "Nothing was uploaded" in err[0]
     assert not (tmp_path / "t").exists()
+
+
+def test_full_disk_while_staging_is_one_line(workdir, tmp_path, capsys, monkeypatch):
+    import errno
+    import importlib
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "t" / "model.safetensors"))
+
+    monkeypatch.setattr(importlib.import_module("degas_hf.hub.publish"), "stage_tree", full)
+    code = cli_main(["publish", str(workdir["pre"]), "--repo-id", "my-org/x", "--dry-run", "--output", str(tmp_path / "t")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no space left on device" in err[0] and "Nothing was uploaded" in err[0]

@@ -112,7 +112,7 @@ def resolve_task(name: str) -> str:
     key = name.strip().lower().replace("-", "_")
     key = _TASK_ALIASES.get(key, key)
     if key not in TASKS:
-        raise ValueError(f"Unknown task {name!r}; expected one of {sorted(TASKS)}")
+        raise ValueError(f"--task {name!r}: unknown task; expected one of {sorted(TASKS)}")
     return key
 
 
@@ -192,11 +192,20 @@ class FinetuneConfig:
     def __post_init__(self):
         self.task = resolve_task(self.task)
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+            raise ValueError(f"--layer-decay must be in (0, 1], found {self.layer_decay}")
         if self.lora_rank < 0:
-            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+            raise ValueError(f"--lora-rank must be >= 0, found {self.lora_rank}")
         if self.freeze_encoder and self.lora_rank:
-            raise ValueError("Choose either freeze_encoder or LoRA, not both")
+            raise ValueError("choose --freeze-encoder or --lora-rank, not both")
+        for flag, value in (("--batch-size", self.per_device_train_batch_size),
+                            ("--eval-batch-size", self.per_device_eval_batch_size),
+                            ("--crop-size", 1 if self.crop_size is None else self.crop_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{flag} must be a positive integer, found {value!r}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"--lr must be a positive number, found {self.learning_rate!r}")
+        if self.max_steps <= 0 and not (self.num_train_epochs > 0 and math.isfinite(self.num_train_epochs)):
+            raise ValueError(f"--epochs must be positive (or give --max-steps), found {self.num_train_epochs!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -582,14 +591,14 @@ def build_trainer(model, info: TaskInfo, train_dataset, eval_dataset, output_dir
 def _resolve_class_weights(config: FinetuneConfig, info: TaskInfo, label_stats) -> list[float] | None:
     if config.class_weights is None or info.is_regression:
         if config.class_weights is not None:
-            raise ValueError("class_weights apply to classification tasks only")
+            raise ValueError("--class-weights applies to classification tasks only")
         return None
     if isinstance(config.class_weights, str):
         method = {"auto": "inverse_sqrt"}.get(config.class_weights, config.class_weights)
         return class_weights_from_counts(label_stats, method)
     weights = [float(w) for w in config.class_weights]
     if len(weights) != info.num_labels:
-        raise ValueError(f"{len(weights)} class weights given for {info.num_labels} classes")
+        raise ValueError(f"--class-weights: {len(weights)} weights given for {info.num_labels} classes")
     return weights
 
 
