@@ -119,6 +119,7 @@ def test_results_json_example_has_the_keys_finetune_writes():
                                      {0: "not water", 1: "water"}, tuple(BANDS), 1), "m", "b", {}, training={})
     assert set(example) == set(written)
     assert set(example["task"]) == set(written["task"]) and set(example["model"]) == set(written["model"])
+    assert {"normalization", "automatic_split"} <= set(example["training"])
 
 
 # ------------------------------------------------------------------------------------------------ model cards

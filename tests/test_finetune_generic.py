@@ -172,6 +172,7 @@ def test_band_names_space_or_comma_separated():
 @pytest.mark.parametrize("change, message", [
     ({"--model": "no/such/folder"}, "--model 'no/such/folder': no such folder (expected a saved model folder"),
     ({"--model": "./missing"}, "--model './missing': no such folder"),
+    ({"--model": "my-org/not-in-the-cache"}, "--model 'my-org/not-in-the-cache': cannot load its configuration"),
     ({"--num-classes": "0"}, "--num-classes must be at least 1, found 0"),
     ({"--num-frames": "0"}, "--num-frames must be at least 1, found 0"),
     ({"--band-names": "B02,B02"}, "--band-names: each band once, found ['B02']"),

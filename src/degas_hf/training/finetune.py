@@ -746,7 +746,13 @@ def finetune(config: FinetuneConfig, log=None) -> dict:
 
     base_config = load_base_config(config.model)
     bands = list(config.bands) if config.bands is not None else list(base_config.band_names)
-    datasets = build_task_datasets(config, bands)  # band mapping, files and sizes checked here
+    reader_logger = logging.getLogger("degas_hf.data.generic_segmentation")
+    level = reader_logger.level
+    reader_logger.setLevel(logging.ERROR)  # the run says it itself below (an automatic split), through `log`
+    try:
+        datasets = build_task_datasets(config, bands)  # band mapping, files and sizes checked here
+    finally:
+        reader_logger.setLevel(level)
     train_dataset = _subset(datasets["train"], config.max_train_samples)
     spec = TASKS[config.task]
     eval_split = config.eval_split or spec.eval_split
