@@ -241,10 +241,11 @@ def test_split_window_rows_covers_each_row_once():
     assert split_window_rows(5, 1) == [(0, 5)]
 
 
-@pytest.mark.parametrize("overlap", [16, 40])  # 40: each row is touched by up to three window rows
-def test_several_devices_give_the_one_device_result_bit_for_bit(overlap):
+@pytest.mark.parametrize("overlap,blend", [(16, "numpy"), (40, "torch")])  # 40: rows under up to 3 window rows
+def test_several_devices_give_the_one_device_result_bit_for_bit(overlap, blend):
     """Fake devices (three CPU entries) run the real split: each group also runs the window rows above it that
-    reach into its rows, so every output row sums the same windows in the same order."""
+    reach into its rows, so every output row sums the same windows in the same order. With blend="torch" the
+    GPU code path (blend on the device, windows cut as views) runs on the CPU against numpy's blend."""
     model = tiny_segmentation_model(num_labels=3)
     processor = STSwinMAEImageProcessor.from_preset("ssl4eo-s12-l1c", band_names=BANDS6)
     scene = (np.random.default_rng(4).random((4, 6, 150 if overlap == 16 else 90, 70)) * 3000 + 1).astype(np.uint16)
@@ -264,7 +265,9 @@ def test_several_devices_give_the_one_device_result_bit_for_bit(overlap):
             super().write(name, block, row_off)
 
     sink = RecordingSink()
-    SlidingWindowPredictor(model, processor, devices=["cpu", "cpu", "cpu"], **kwargs).predict(scene, sink=sink)
+    split = SlidingWindowPredictor(model, processor, devices=["cpu", "cpu", "cpu"], **kwargs)
+    split.cpu_blend = blend
+    split.predict(scene, sink=sink)
     assert sorted(sink.rows) == list(range(scene.shape[2]))  # every row written exactly once
     for name in one:
         np.testing.assert_array_equal(sink.result[name], one[name])

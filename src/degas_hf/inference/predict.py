@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -103,6 +104,14 @@ class GeoTiffSink:
         self.writers[name].write(block, row_off=row_off)
 
 
+def _import_matplotlib() -> None:
+    """Import matplotlib's Agg pyplot (about a second, font cache included) while the prediction runs."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot  # noqa: F401
+
+
 def _rgb_band_indices(source, band_names, processor) -> list[int]:
     names = band_names if band_names is not None else source.band_names
     rgb = rgb_band_indices(names)
@@ -178,12 +187,13 @@ def predict_geotiff(
         precision=precision, devices=devices, num_workers=num_workers, compile=compile,
         **(predictor_kwargs or {}),
     )
-    id2label = {int(k): v for k, v in (getattr(model.config, "id2label", None) or {}).items()}
+    id2label = {int(k): v for k, v in (getattr(getattr(model, "config", None), "id2label", None) or {}).items()}
     with rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb)), GeoTiffTimeSeries(
         inputs, band_names=band_names, frames_per_file=frames_per_file
     ) as source:
         sampler, rgb_bands = None, None
         if quicklook:
+            threading.Thread(target=_import_matplotlib, name="degas-import-matplotlib", daemon=True).start()
             rgb_bands = _rgb_band_indices(source, band_names, processor)
             sampler = QuicklookSampler(source.height, source.width, source.num_frames, len(rgb_bands),
                                        max_size=quicklook_size)

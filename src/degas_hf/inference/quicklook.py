@@ -15,7 +15,6 @@ on viridis blended at `VALUE_ALPHA`, nodata left showing the RGB.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -104,10 +103,20 @@ def rgb_composite(frames: np.ndarray, nodata: Sequence[float | None] | None = No
         if value is not None and not math.isnan(value):
             frames[t][:, (frames[t] == value).any(axis=0)] = np.nan
     valid = np.isfinite(frames).all(axis=1).any(axis=0)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
-        composite = np.nanmedian(frames, axis=0)
-    return composite, valid
+    return _nanmedian_over_dates(frames), valid
+
+
+def _nanmedian_over_dates(frames: np.ndarray) -> np.ndarray:
+    """`np.nanmedian(frames, axis=0)` for a few dates, by one sort (NaN sorts last) instead of numpy's masked-array
+    path, which is 10x slower on a 1024^2 view: the middle valid value, or the mean of the two middle ones."""
+    ordered = np.sort(frames, axis=0)
+    count = np.isfinite(frames).sum(axis=0)
+    low = np.take_along_axis(ordered, np.maximum(count - 1, 0)[None] // 2, axis=0)[0]
+    high = np.take_along_axis(ordered, (count // 2)[None], axis=0)[0] if len(frames) > 1 else low
+    high = np.where(count > 1, high, low)
+    with np.errstate(invalid="ignore"):
+        median = (low + high) / np.float32(2)
+    return np.where(count > 0, median, np.float32(np.nan)).astype(np.float32)
 
 
 def rgb_image(frames: np.ndarray, nodata: Sequence[float | None] | None = None) -> np.ndarray:
@@ -285,6 +294,6 @@ def render_quicklook(
     figure.tight_layout()
     try:
         with atomic_output(path) as tmp:
-            figure.savefig(tmp, format="png")
+            figure.savefig(tmp, format="png", pil_kwargs={"compress_level": 3})  # 6 (default) takes twice as long
     finally:
         plt.close(figure)

@@ -345,14 +345,14 @@ class _StripWriter:
                 if event is not None:
                     event.synchronize()
                 for name, block in blocks.items():
-                    array = block.numpy()
+                    array = block.numpy() if isinstance(block, torch.Tensor) else block
                     self.sink.write(name, array, top)
                     if self.sampler is not None and name == self.main_output:
                         self.sampler.add_prediction(array if array.ndim == 2 else array[0], top)
             except BaseException as err:  # re-raised in the predicting thread
                 self.error = err
 
-    def put(self, top: int, blocks: dict[str, torch.Tensor], event) -> None:
+    def put(self, top: int, blocks: dict, event) -> None:
         if self.error is not None:
             raise self.error
         while True:
@@ -450,6 +450,9 @@ class SlidingWindowPredictor:
 
     CLASS_NODATA_UINT8 = 255
     CLASS_NODATA_INT16 = -1
+    # How the blend runs on a CPU device: "numpy" (single-threaded passes, the fastest beside reader threads) or
+    # "torch" (the GPU code path, run on the CPU by the tests; both give the same float32 results).
+    cpu_blend = "numpy"
 
     def __init__(
         self,
@@ -781,11 +784,10 @@ class SlidingWindowPredictor:
         first = first_owned
         while first > 0 and rows[first - 1] + win_h > owned_top:
             first -= 1  # earlier window rows that reach into the owned rows
+        strip_class = _NumpyStrip if device.type == "cpu" and self.cpu_blend == "numpy" else _TorchStrip
+        strip = strip_class(num_labels, win_h, plan.width, plan.col_weights, device, self.task, self.probabilities,
+                            self.nodata_policy, layout)
         pin = device.type == "cuda"
-        accumulator = torch.zeros((num_labels, win_h, plan.width), dtype=torch.float32, device=device)
-        weights = torch.zeros((win_h, plan.width), dtype=torch.float32, device=device)
-        has_data = torch.zeros((win_h, plan.width), dtype=torch.bool, device=device)
-        col_weights = {c: torch.from_numpy(w).to(device) for c, w in plan.col_weights.items()}
         any_data = False
 
         def load(job):
@@ -800,22 +802,18 @@ class SlidingWindowPredictor:
                 if batch.pixel_values is not None:
                     any_data = True
                     offsets = [c - job.cols[0] for c in job.cols]
-                    strip = batch.pixel_values.to(device, non_blocking=True)
-                    valid_strip = batch.valid_mask.to(device, non_blocking=True)
-                    pixel_values = self._cut(strip, offsets, win_w)  # (B, C, T, h, w), views of the strip
-                    valid_mask = self._cut(valid_strip, offsets, win_w)  # (B, T, h, w)
+                    pixel_values, valid_mask = strip.windows(batch.pixel_values, batch.valid_mask, offsets, win_w)
                     outputs = self._forward(pixel_values, valid_mask, device)
-                    row_weight = torch.from_numpy(plan.row_weights[job.row]).to(device, non_blocking=True)
-                    self._accumulate(job.cols, outputs, valid_mask, row_weight, col_weights, win_w, accumulator,
-                                     weights, has_data)
+                    strip.accumulate(job.cols, outputs, valid_mask, plan.row_weights[job.row], win_w)
                 if job.row >= first_owned:
                     bar.update(len(job.cols))
                 if job.last_in_row:
                     next_top = rows[job.row + 1] if job.row + 1 < len(rows) else plan.height
                     if next_top > owned_top:  # rows above the group's own are another device's
-                        self._flush(writer, layout, accumulator, weights, has_data, top, max(top, owned_top),
-                                    next_top, device)
-                    self._slide(accumulator, weights, has_data, next_top - top)
+                        start = max(top, owned_top)
+                        blocks, event = strip.finish(start - top, next_top - top)
+                        writer.put(start, blocks, event)
+                    strip.slide(next_top - top)
                     top = next_top
         return any_data
 
@@ -827,56 +825,156 @@ class SlidingWindowPredictor:
         blank = torch.zeros(1, num_channels, num_frames, 16, 16)
         return int(self._forward(blank, torch.ones(1, num_frames, 16, 16, dtype=torch.bool)).shape[1])
 
-    def _accumulate(self, cols, outputs, valid_mask, row_weight, col_weights, win_w, accumulator, weights, has_data):
-        """Add one batch's weighted outputs into the strip accumulator, on the device, window by window (the same
-        order of additions as one window at a time, so results do not depend on the batch size or device).
-        A window without data adds exactly zero (its weight is multiplied by 0), without a device sync."""
+
+# --------------------------------------------------------------------------------------------------------------------
+# Strip accumulators: the same float32 arithmetic on the device (torch) or on the CPU (numpy)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _Strip:
+    """The blend of one row of windows: `accumulator` (K, window_h, W) of weighted outputs, `weights` (window_h, W),
+    `has_data` (window_h, W). Additions happen window by window in column order, whatever the batch size or device,
+    so results do not depend on either. `finish` turns rows into outputs; `slide` moves unfinished rows up."""
+
+    def __init__(self, num_labels, height, width, col_weights, device, task, probabilities, nodata_policy, layout):
+        self.device = device
+        self.task = task
+        self.probabilities = probabilities
+        self.nodata_policy = nodata_policy
+        self.layout = layout
+        self.num_labels = num_labels
+
+
+class _NumpyStrip(_Strip):
+    """On the CPU the blend is numpy's: single-threaded elementwise passes do not fight the reader threads and
+    the model for the cores (torch's OpenMP threads spin while they wait, which costs most on a busy machine)."""
+
+    def __init__(self, num_labels, height, width, col_weights, *args):
+        super().__init__(num_labels, height, width, col_weights, *args)
+        self.accumulator = np.zeros((num_labels, height, width), dtype=np.float32)
+        self.weights = np.zeros((height, width), dtype=np.float32)
+        self.has_data = np.zeros((height, width), dtype=bool)
+        self.col_weights = col_weights
+
+    @staticmethod
+    def _cut(strip: np.ndarray, offsets: Sequence[int], width: int) -> np.ndarray:
+        if len(offsets) == 1:
+            return strip[None, ..., offsets[0] : offsets[0] + width]
+        step = offsets[1] - offsets[0]
+        if step > 0 and all(b - a == step for a, b in zip(offsets, offsets[1:])):
+            views = np.lib.stride_tricks.sliding_window_view(strip[..., : offsets[-1] + width], width, axis=-1)
+            return np.moveaxis(views[..., ::step, :], -2, 0)
+        return np.stack([strip[..., o : o + width] for o in offsets])
+
+    def windows(self, pixel_values: torch.Tensor, valid_mask: torch.Tensor, offsets, width):
+        """Windows (B, C, T, h, w) and (B, T, h, w) of one batch's strip: views of it when evenly spaced."""
+        self._valid = self._cut(valid_mask.numpy(), offsets, width)
+        return torch.from_numpy(self._cut(pixel_values.numpy(), offsets, width)), torch.from_numpy(self._valid)
+
+    def accumulate(self, cols, outputs: torch.Tensor, valid_mask, row_weight: np.ndarray, win_w: int) -> None:
+        outputs = outputs.numpy()
+        valid = self._valid
+        present = valid.any(axis=1) if self.nodata_policy == "all" else valid.all(axis=1)  # (B, h, w)
+        for index, col in enumerate(cols):
+            self.has_data[:, col : col + win_w] |= present[index]
+            if not present[index].any():
+                continue
+            weight = row_weight[:, None] * self.col_weights[col][None, :]
+            self.accumulator[:, :, col : col + win_w] += outputs[index] * weight
+            self.weights[:, col : col + win_w] += weight
+
+    def finish(self, lo: int, hi: int):
+        """Outputs of strip rows [lo, hi): `({name: array}, None)`."""
+        done_weights = self.weights[lo:hi]
+        mask = self.has_data[lo:hi] & (done_weights > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            blended = self.accumulator[:, lo:hi] / np.where(done_weights > 0, done_weights, 1.0)
+        blocks = {}
+        if self.task == "regression":
+            values = np.where(mask, blended, np.float32(np.nan)).astype(np.float32)
+            blocks["values"] = values[0] if self.num_labels == 1 else values
+        else:
+            _, dtype, nodata = self.layout["classes"]
+            classes = blended.argmax(axis=0).astype(dtype)
+            classes[~mask] = nodata
+            blocks["classes"] = classes
+            if self.probabilities:
+                blocks["probabilities"] = np.where(mask, blended, np.float32(np.nan)).astype(np.float32)
+        return blocks, None
+
+    def slide(self, count: int) -> None:
+        remaining = self.accumulator.shape[1] - count
+        self.accumulator[:, :remaining] = self.accumulator[:, count:].copy()
+        self.accumulator[:, remaining:] = 0
+        self.weights[:remaining] = self.weights[count:].copy()
+        self.weights[remaining:] = 0
+        self.has_data[:remaining] = self.has_data[count:].copy()
+        self.has_data[remaining:] = False
+
+
+class _TorchStrip(_Strip):
+    """On a GPU everything after the copy in stays on the device: windows are views of the copied strip, the
+    blend is torch's, and a window without data adds exactly zero (weight times 0) without a device sync. Each
+    finished strip goes back in one non-blocking copy, with an event the writer waits on."""
+
+    def __init__(self, num_labels, height, width, col_weights, device, *args):
+        super().__init__(num_labels, height, width, col_weights, device, *args)
+        self.accumulator = torch.zeros((num_labels, height, width), dtype=torch.float32, device=device)
+        self.weights = torch.zeros((height, width), dtype=torch.float32, device=device)
+        self.has_data = torch.zeros((height, width), dtype=torch.bool, device=device)
+        self.col_weights = {c: torch.from_numpy(w).to(device) for c, w in col_weights.items()}
+        self.zero = torch.zeros((), device=device)
+
+    def windows(self, pixel_values: torch.Tensor, valid_mask: torch.Tensor, offsets, width):
+        strip = pixel_values.to(self.device, non_blocking=True)
+        valid_strip = valid_mask.to(self.device, non_blocking=True)
+        cut = SlidingWindowPredictor._cut
+        return cut(strip, offsets, width), cut(valid_strip, offsets, width)
+
+    def accumulate(self, cols, outputs: torch.Tensor, valid_mask, row_weight: np.ndarray, win_w: int) -> None:
+        row_weight = torch.from_numpy(row_weight).to(self.device, non_blocking=True)
         present = valid_mask.any(dim=1) if self.nodata_policy == "all" else valid_mask.all(dim=1)  # (B, h, w)
         window_has_data = present.flatten(1).any(dim=1)  # (B,)
-        zero = torch.zeros((), device=outputs.device)
         for index, col in enumerate(cols):
-            has_data[:, col : col + win_w] |= present[index]
-            weight = (row_weight[:, None] * col_weights[col][None, :]) * window_has_data[index]
-            accumulator[:, :, col : col + win_w] += torch.where(window_has_data[index], outputs[index] * weight, zero)
-            weights[:, col : col + win_w] += weight
+            self.has_data[:, col : col + win_w] |= present[index]
+            weight = (row_weight[:, None] * self.col_weights[col][None, :]) * window_has_data[index]
+            self.accumulator[:, :, col : col + win_w] += torch.where(
+                window_has_data[index], outputs[index] * weight, self.zero
+            )
+            self.weights[:, col : col + win_w] += weight
 
-    def _flush(self, writer, layout, accumulator, weights, has_data, top, start, end, device):
-        """Finish scene rows [start, end) (accumulator rows start-top .. end-top) on the device and queue them."""
-        lo, hi = start - top, end - top
-        num_labels = accumulator.shape[0]
-        done_weights = weights[lo:hi]
+    def finish(self, lo: int, hi: int):
+        done_weights = self.weights[lo:hi]
         positive = done_weights > 0
-        mask = has_data[lo:hi] & positive
-        blended = accumulator[:, lo:hi] / torch.where(positive, done_weights, torch.ones((), device=device))
-        nan = torch.full((), float("nan"), device=device)
+        mask = self.has_data[lo:hi] & positive
+        blended = self.accumulator[:, lo:hi] / torch.where(positive, done_weights, torch.ones((), device=self.device))
+        nan = torch.full((), float("nan"), device=self.device)
         blocks: dict[str, torch.Tensor] = {}
         if self.task == "regression":
             values = torch.where(mask, blended, nan)
-            blocks["values"] = values[0] if num_labels == 1 else values
+            blocks["values"] = values[0] if self.num_labels == 1 else values
         else:
-            _, dtype, nodata = layout["classes"]
+            _, dtype, nodata = self.layout["classes"]
             classes = blended.argmax(dim=0).to(getattr(torch, dtype))
             classes[~mask] = nodata
             blocks["classes"] = classes
             if self.probabilities:
                 blocks["probabilities"] = torch.where(mask, blended, nan)
         event = None
-        if device.type == "cuda":  # one copy back per strip, waited for by the writer, not here
+        if self.device.type == "cuda":  # one copy back per strip, waited for by the writer, not here
             blocks = {name: block.to("cpu", non_blocking=True) for name, block in blocks.items()}
             event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(device))
-        elif device.type != "cpu":
+            event.record(torch.cuda.current_stream(self.device))
+        else:
             blocks = {name: block.cpu() for name, block in blocks.items()}
-        writer.put(start, blocks, event)
+        return {name: block.numpy() if event is None else block for name, block in blocks.items()}, event
 
-    @staticmethod
-    def _slide(accumulator, weights, has_data, count: int) -> None:
-        """Move the rows not yet finished to the top of the strip and zero the freed rows."""
-        remaining = accumulator.shape[1] - count
+    def slide(self, count: int) -> None:
+        remaining = self.accumulator.shape[1] - count
         if remaining > 0:
-            accumulator[:, :remaining] = accumulator[:, count:].clone()
-            weights[:remaining] = weights[count:].clone()
-            has_data[:remaining] = has_data[count:].clone()
-        accumulator[:, max(remaining, 0):] = 0
-        weights[max(remaining, 0):] = 0
-        has_data[max(remaining, 0):] = False
+            self.accumulator[:, :remaining] = self.accumulator[:, count:].clone()
+            self.weights[:remaining] = self.weights[count:].clone()
+            self.has_data[:remaining] = self.has_data[count:].clone()
+        self.accumulator[:, max(remaining, 0) :] = 0
+        self.weights[max(remaining, 0) :] = 0
+        self.has_data[max(remaining, 0) :] = False
