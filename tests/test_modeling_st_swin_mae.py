@@ -85,80 +85,9 @@ def test_config_round_trip_and_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Common model checks (after transformers' ModelTesterMixin)
+# Common model checks that the attention internals must keep (the rest of transformers' ModelTesterMixin checks,
+# with these again, are in test_modeling_common_st_swin_mae.py)
 # ------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
-def test_save_load_round_trip(model_class, tmp_path):
-    config = tiny_config()
-    model = model_class(config).eval()
-    inputs = inputs_for(model_class, config)
-    with torch.no_grad():
-        before = float_outputs(model(**inputs))
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
-    assert not (tmp_path / "generation_config.json").exists()
-    reloaded = model_class.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        after = float_outputs(reloaded(**inputs))
-    for key in before:
-        torch.testing.assert_close(after[key], before[key], atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
-def test_determinism_and_tuple_outputs(model_class):
-    config = tiny_config()
-    model = model_class(config).eval()
-    inputs = inputs_for(model_class, config)
-    with torch.no_grad():
-        first = model(**inputs, output_hidden_states=True)
-        second = model(**inputs, output_hidden_states=True)
-        as_tuple = model(**inputs, output_hidden_states=True, return_dict=False)
-    assert isinstance(as_tuple, tuple)
-    flat_dict = [v for v in first.to_tuple()]
-    assert len(flat_dict) == len(as_tuple)
-    for a, b, c in zip(flat_dict, second.to_tuple(), as_tuple):
-        if isinstance(a, torch.Tensor):
-            torch.testing.assert_close(a, b, atol=0, rtol=0)
-            torch.testing.assert_close(a, c, atol=0, rtol=0)
-        else:
-            for x, y, z in zip(a, b, c):
-                torch.testing.assert_close(x, y, atol=0, rtol=0)
-                torch.testing.assert_close(x, z, atol=0, rtol=0)
-
-
-@pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
-def test_batching_equivalence(model_class):
-    config = tiny_config()
-    model = model_class(config).eval()
-    inputs = inputs_for(model_class, config, batch_size=3)
-    if model_class is STSwinMAEForPreTraining:
-        inputs.pop("mask_seed")
-        units = model.num_mask_units((2, 8, 8))
-        inputs["noise"] = torch.rand(3, units[0] * units[1] * units[2], generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        batched = model(**inputs)
-        for row in range(3):
-            single_inputs = {k: v[row : row + 1] if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-            single = model(**single_inputs)
-            for key, value in float_outputs(batched).items():
-                if key == "loss":
-                    continue
-                assert torch.isfinite(value).all()
-                torch.testing.assert_close(single[key][0], value[row], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
-def test_training_step_reaches_every_parameter(model_class):
-    config = tiny_config()
-    model = model_class(config).train()
-    inputs = inputs_for(model_class, config)
-    output = model(**inputs)
-    loss = output.loss if model_class is not STSwinMAEModel else output.last_hidden_state.square().mean()
-    loss.backward()
-    missing = [name for name, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
-    assert missing == []
 
 
 @pytest.mark.parametrize("model_class", [STSwinMAEForPreTraining, STSwinUNetForSemanticSegmentation])
@@ -195,20 +124,6 @@ def test_eager_matches_sdpa(model_class):
         a, b = float_outputs(sdpa(**inputs)), float_outputs(eager(**inputs))
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
-def test_every_parameter_initialized(model_class):
-    # With a vanishing initializer range, weights are ~0 and norms exactly 1/0; a parameter that `_init_weights`
-    # misses keeps its constructor's (or, when loading, uninitialised) values and fails this.
-    config = tiny_config(initializer_range=1e-10)
-    built = model_class(config)
-    loaded = model_class.from_pretrained(None, config=config, state_dict={})
-    for model in (built, loaded):
-        for name, p in model.named_parameters():
-            assert p.device.type != "meta", name
-            mean = ((p.data.mean() * 1e9).round() / 1e9).item()
-            assert mean in (0.0, 1.0), f"{name} was not initialised by _init_weights (mean {mean})"
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -627,7 +542,7 @@ def test_float64_pixel_values_are_cast_to_the_model_dtype():
             torch.testing.assert_close(actual[key], expected[key], atol=1e-6, rtol=0)
 
 
-def test_finite_check_is_a_switchable_eager_check_and_skipped_when_exporting():
+def test_finite_check_is_a_switchable_eager_check():
     nan_input = torch.full((1, 3, 4, 32, 32), float("nan"))
     model = STSwinMAEModel(tiny_config()).eval()
     with pytest.raises(ValueError, match="NaN or Inf"):
@@ -635,15 +550,8 @@ def test_finite_check_is_a_switchable_eager_check_and_skipped_when_exporting():
     unchecked = STSwinMAEModel(tiny_config(check_finite_inputs=False)).eval()
     with torch.no_grad():
         assert torch.isnan(unchecked(nan_input).last_hidden_state).all()
-    # torch.export used to stop at the data-dependent `if not isfinite(...).all()`.
-    exported = torch.export.export(model, (torch.randn(1, 3, 4, 32, 32),))
-    x = torch.randn(1, 3, 4, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(exported.module()(x).last_hidden_state, model(x).last_hidden_state, atol=1e-5, rtol=0)
-        # The eager model still checks after an export built its constants (no fake tensor left in the caches).
-        with pytest.raises(ValueError, match="NaN or Inf"):
-            model(nan_input)
-        model(x)
+    # torch.export used to stop at the data-dependent `if not isfinite(...).all()`: see test_torch_export in
+    # test_modeling_common_st_swin_mae.py (export of every class, then the eager check again).
 
 
 def test_every_class_accepts_valid_mask_and_checks_its_shape():
@@ -711,52 +619,6 @@ def test_attention_probabilities_match_the_naive_oracle_in_swin_window_layout():
         assert actual.shape == (2 * 2 * 2 * 2, 2, 32, 32)  # (B * nW, heads, N, N)
         torch.testing.assert_close(actual, oracle, atol=1e-5, rtol=1e-5)
     assert torch.equal(out, blocks(x)[0])  # asking for the probabilities does not change the result
-
-
-@pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
-def test_output_attentions_on_sdpa_falls_back_to_eager(model_class):
-    config = tiny_config()
-    sdpa = model_class(config).eval()
-    eager = model_class(copy.deepcopy(config)).eval()
-    eager.load_state_dict(sdpa.state_dict())
-    eager.set_attn_implementation("eager")
-    inputs = inputs_for(model_class, config)
-    with torch.no_grad():
-        a = sdpa(**inputs, output_attentions=True)
-        b = eager(**inputs, output_attentions=True)
-        plain = sdpa(**inputs)
-    assert plain.attentions is None and a.hidden_states is None
-    assert len(a.attentions) == sum(config.depths)
-    for x, y in zip(a.attentions, b.attentions):
-        torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
-        torch.testing.assert_close(x.sum(-1), torch.ones_like(x.sum(-1)), atol=1e-5, rtol=0)
-    for key, value in float_outputs(plain).items():
-        torch.testing.assert_close(a[key], value, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("model_class", ALL_MODEL_CLASSES)
-def test_hidden_states_are_tokens_of_the_computation(model_class):
-    config = tiny_config()
-    model = model_class(config).train()
-    inputs = inputs_for(model_class, config)
-    output = model(**inputs, output_hidden_states=True, output_attentions=True)
-    assert len(output.hidden_states) == len(output.reshaped_hidden_states) == len(config.depths) + 1
-    grids = [(2, 8, 8), (2, 8, 8), (2, 4, 4), (2, 2, 2), (2, 1, 1)]
-    for s, (tokens, maps) in enumerate(zip(output.hidden_states, output.reshaped_hidden_states)):
-        channels = config.embed_dim * 2 ** max(s - 1, 0)
-        assert tokens.shape == (2, math.prod(grids[s]), channels)  # the same token layout in every class
-        assert maps.shape == (2, channels, *grids[s])
-        torch.testing.assert_close(maps.flatten(2).transpose(1, 2), tokens, atol=0, rtol=0)
-    for state in (*output.hidden_states, output.attentions[0]):
-        state.retain_grad()
-    if model_class is STSwinMAEModel:  # (a plain sum or sum of squares of layer-normed tokens is constant)
-        loss = (output.last_hidden_state * torch.randn(output.last_hidden_state.shape)).sum()
-    else:
-        loss = output.loss
-    loss.backward()
-    for s, state in enumerate(output.hidden_states):
-        assert state.grad is not None and state.grad.abs().sum() > 0, f"hidden_states[{s}]"
-    assert output.attentions[0].grad is not None
 
 
 def test_bool_masked_pos_and_noise_in_the_flat_videomae_form():
