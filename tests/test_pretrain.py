@@ -456,3 +456,14 @@ def test_resume_order_other_architecture_and_disk_full(tmp_path, synthetic_root,
     assert last.startswith("degas-hf pretrain: error: no space left on device") and "Traceback" not in err
     assert ck.find_latest_checkpoint(run).name == "checkpoint-00000005"
     assert not [p for p in run.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_train_compile_uses_compile_model(tmp_path, synthetic_root, monkeypatch):
+    """`train.compile: true` compiles through degas_hf.training.compile.compile_model (regional, in place)."""
+    import degas_hf.training.compile as compile_module
+
+    calls = []
+    monkeypatch.setattr(compile_module, "compile_model", lambda model, **kw: calls.append(type(model).__name__) or model)
+    train(load_config(None, base_overrides(synthetic_root, tmp_path / "c", train__compile="true", train__max_steps=1,
+                                           checkpoint__save_every=0)))
+    assert calls == ["STSwinMAEForPreTraining"]
