@@ -30,7 +30,16 @@ from degas_hf.training import (
     freeze_encoder,
     preprocess_logits_for_segmentation,
 )
-from degas_hf.training.finetune import build_results, load_base_config, load_model_for_task, write_figures, write_results
+from degas_hf.hub.folder import prepare_hub_folder
+from degas_hf.training.finetune import (
+    build_results,
+    check_output_dir,
+    default_model_name,
+    load_base_config,
+    load_model_for_task,
+    write_figures,
+    write_results,
+)
 
 EVAL_SPLIT, TEST_SPLITS = "val", ("test", "bolivia")
 
@@ -48,7 +57,9 @@ def main(argv=None):
     parser.add_argument("--freeze-encoder", action="store_true", help="train the decoder and head only")
     parser.add_argument("--crop-size", type=int, default=224, help="random training / centre evaluation crops of the 512 x 512 chips")
     parser.add_argument("--modality", default="s2", choices=["s2", "s1", "s1s2"], help="S2Hand, S1Hand or both")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --output-dir")
     args = parser.parse_args(argv)
+    check_output_dir(args.output_dir, args.overwrite)  # refuses a folder holding a run before any work
 
     # 1. The model's bands decide the input channels: the reader maps the task's bands onto them by name
     #    (a band the task cannot supply raises here, before training).
@@ -105,13 +116,12 @@ def main(argv=None):
         evaluations[split] = trainer.evaluate(dataset, metric_key_prefix=split)
         confusion[split] = trainer.compute_metrics.last_confusion_matrix  # (K, K) of that evaluation
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     test_split = TEST_SPLITS[0]
     figures = write_figures(trainer.model, evaluation[test_split], info, output_dir, test_split, confusion[test_split])
-    results = build_results(info, f"{args.model.rstrip('/').split('/')[-1]}-sen1floods11", args.model, evaluations, confusion, figures=figures)
+    results = build_results(info, default_model_name(args.model, "sen1floods11"), args.model, evaluations, confusion, figures=figures)
     write_results(results, output_dir)
-    trainer.save_model(str(output_dir / "model"))  # weights + config; with the processor, the folder serves the pipeline
-    train.processor.save_pretrained(str(output_dir / "model"))
+    # Hub-ready: weights, config with custom_pipelines, the processor and the code (pipeline() and publish take it)
+    prepare_hub_folder(trainer.model, train.processor, output_dir / "model")
     for row in results["results"]:
         print(f"{row['split']:8s} {row['name']:18s} {row['value']}")
     return results

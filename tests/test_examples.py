@@ -80,4 +80,7 @@ def test_example_runs(tmp_path, capsys, name):
     assert (out / f"predictions_{splits[-1]}.png").is_file()
     assert (out / f"confusion_matrix_{splits[-1]}.png").is_file() != regression
     assert (out / "model" / "config.json").is_file() and (out / "model" / "preprocessor_config.json").is_file()
+    # Hub-ready (issue 13.9): pipeline(model=..., trust_remote_code=True) finds its task offline; publish takes it
+    assert list(json.loads((out / "model" / "config.json").read_text())["custom_pipelines"]) == ["multispectral-segmentation"]
+    assert (out / "model" / "pipeline_st_swin_mae.py").is_file()
     assert ("MSE" if regression else "mIoU") in capsys.readouterr().out
