@@ -98,3 +98,24 @@ def test_export_refuses_bad_requests_with_one_line(folders, tmp_path, capsys):
     assert cli_main(["export", str(tmp_path / "nothing-here"), "--output", str(tmp_path / "y.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_docs_export_snippets_run_as_written(folders, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="the `onnx` extra is not installed")
+    pytest.importorskip("onnxscript", reason="the `onnx` extra is not installed")
+    import re
+    import shlex
+    import shutil
+    from pathlib import Path
+
+    from degas_hf.cli import build_parser
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "export.md").read_text()
+    for line in re.findall(r"```bash\n(.*?)```", text, flags=re.S)[0].strip().splitlines():
+        argv = shlex.split(line)[1:]
+        assert build_parser(argv).parse_args(argv).command == "export", line
+    shutil.copytree(folders / "segmentation", tmp_path / "runs" / "flood" / "model")
+    monkeypatch.chdir(tmp_path)
+    for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
+        exec(compile(block, "docs/export.md", "exec"), {})
+    assert (tmp_path / "flood.onnx").is_file()
