@@ -293,3 +293,13 @@ def test_compile_flag_calls_compile_model(tmp_path, monkeypatch):
     data = write_pairs(tmp_path / "data", count=2, size=8, layout="folders")
     finetune(_config(tmp_path, data, "degas-tiny", compile=True, save_model=False), log=lambda message: None)
     assert calls == ["STSwinUNetForSemanticSegmentation"]
+
+
+def test_default_model_name_skips_generic_folder_names(tmp_path, monkeypatch):
+    from degas_hf.training.finetune import default_model_name
+
+    monkeypatch.chdir(tmp_path)
+    assert default_model_name("degas-demo/model", "generic") == "degas-demo-generic"
+    assert default_model_name("runs/pre/checkpoint-500/", "crop_classification") == "pre-crop_classification"
+    assert default_model_name("my-org/degas-100m", "sen1floods11") == "degas-100m-sen1floods11"
+    assert default_model_name(".", "generic") == f"{tmp_path.name}-generic"

@@ -636,9 +636,9 @@ def _os_reason(err: OSError) -> str:
 def default_model_name(model: str, task: str) -> str:
     """`<model>-<task>`, where a folder with a generic name (`model`, `final`, `export`, `checkpoint-*`) is named
     after its parent (`degas-demo/model` -> `degas-demo-<task>`)."""
-    path = Path(str(model).rstrip("/"))
-    name = path.name
-    if re.fullmatch(r"(model|final|export|pretrained|checkpoint[-_]?\d*|\.)", name, flags=re.I) and path.resolve().parent.name:
+    path = Path(str(model).rstrip("/") or "/")
+    name = path.name or path.resolve().name
+    if re.fullmatch(r"(model|final|export|pretrained|checkpoint[-_]?\d*)", name, flags=re.I) and path.resolve().parent.name:
         name = path.resolve().parent.name
     return f"{name}-{task}"
 
@@ -655,7 +655,10 @@ def pretrained_processor(model: str):
     found = cached_file(model, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
     if not found:
         return None
-    return STSwinMAEImageProcessor.from_pretrained(str(Path(found).parent))
+    try:
+        return STSwinMAEImageProcessor.from_pretrained(str(Path(found).parent))
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"--model {model!r}: its preprocessor_config.json cannot be read ({err})") from None
 
 
 def task_processor(train_dataset, bands: Sequence[str], inherited_from=None, source: str = "", log=None):
