@@ -398,6 +398,12 @@ def test_a_required_file_linked_out_of_the_folder_is_refused(workdir, tmp_path):
     (folder / "config.json").symlink_to(real)
     with pytest.raises(PublishError, match="config.json is a symbolic link out of the folder"):
         validate_folder(folder)
+    folder = _copy(workdir["pre"], tmp_path / "linked-code")
+    real = tmp_path / "modeling_elsewhere.py"
+    (folder / "modeling_st_swin_mae.py").rename(real)
+    (folder / "modeling_st_swin_mae.py").symlink_to(real)
+    with pytest.raises(PublishError, match="modeling_st_swin_mae.py is a symbolic link out of the folder"):
+        validate_folder(folder)
 
 
 # ------------------------------------------------------------------------------------------------ issue 13.13

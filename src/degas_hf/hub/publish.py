@@ -397,6 +397,10 @@ def validate_folder(folder: str | os.PathLike, include: Sequence[str] = ()) -> F
                 code_files.add(dep)
                 todo.append(dep)
 
+    for name in sorted(code_files) + list(weight_files):
+        if name in excluded_reasons:
+            problems.append(f"{name} is {excluded_reasons[name]}; a published file must be a file of the folder")
+    problems = list(dict.fromkeys(problems))
     if problems:
         raise PublishError(f"Model folder {str(folder)!r} cannot be published:", problems)
     return FolderInfo(
