@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", default=None, help="Model card template to use instead of model_cards/.")
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login).")
     parser.add_argument("--include", action="append", default=[], metavar="PATH",
-                        help="Publish this dot file or secret-looking file (e.g. .gitattributes) that is otherwise left "
+                        help="Publish this dot file or secret-looking file (e.g. .zenodo.json) that is otherwise left "
                              "out (repeatable). Symbolic links out of the folder are never followed.")
     parser.add_argument("--load-timeout", type=float, default=600.0,
                         help="Seconds allowed for the clean-process load check (default 600).")
