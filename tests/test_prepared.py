@@ -96,17 +96,16 @@ def test_damaged_shards_are_named(prepared_root, tmp_path):
 
 def test_prepare_resumes_after_disk_full_and_refuses_other_data(raw_root, tmp_path, monkeypatch, capsys):
     dst = tmp_path / "prepared"
-    real = prepared.write_shard
-    calls = []
+    real_write = prepared._HashingWriter.write
+    written = {"bytes": 0}
 
-    def full_disk(path, samples):
-        calls.append(path)
-        if len(calls) == 2:  # the second shard: the disk fills up half-way through the write
-            Path(path).with_name(f".{Path(path).name}.tmp").write_bytes(b"partial")
+    def full_disk(self, b):  # the disk fills up half-way through the second shard
+        written["bytes"] += len(b)
+        if written["bytes"] > 1.5 * 112640:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, samples)
+        return real_write(self, b)
 
-    monkeypatch.setattr(prepared, "write_shard", full_disk)
+    monkeypatch.setattr(prepared._HashingWriter, "write", full_disk)
     assert main(["prepare-ssl4eo", str(raw_root), str(dst), "--samples-per-shard", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "no space left on device" in err and "1 complete shard(s) are kept" in err and "\n" == err[-1]
@@ -114,9 +113,10 @@ def test_prepare_resumes_after_disk_full_and_refuses_other_data(raw_root, tmp_pa
     first = dst / "shard-000000.tar"
     assert first.is_file() and not (dst / "manifest.json").exists()
     mtime = first.stat().st_mtime_ns
+    assert not list(dst.glob(".*.tmp"))  # the half-written shard was removed
     with pytest.raises(DataError, match="unfinished preparation"):
         PreparedDataset(dst)
-    monkeypatch.setattr(prepared, "write_shard", real)
+    monkeypatch.setattr(prepared._HashingWriter, "write", real_write)
     assert main(["prepare-ssl4eo", str(raw_root), str(dst), "--samples-per-shard", "2", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["samples"] == 5 and summary["shards"] == 3

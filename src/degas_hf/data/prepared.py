@@ -29,7 +29,7 @@ import os
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -87,8 +87,10 @@ def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def write_shard(path: str | os.PathLike, samples: Sequence[tuple[str, np.ndarray, dict]]) -> dict[str, Any]:
-    """Write `samples` (`key`, array, metadata) as one tar shard at `path`, atomically, and return its index entry
+def write_shard(path: str | os.PathLike, samples: Iterable[tuple[str, np.ndarray, dict]],
+                extra: dict | None = None) -> dict[str, Any]:
+    """Write `samples` (`key`, array, metadata; any iterable, consumed as it is written, so a shard never sits in
+    memory whole) as one tar shard at `path`, atomically, and return its index entry
     (`name`, `size`, `sha256`, `keys`, `offsets` of each array's first byte, `meta`).
 
     The tar is written under a temporary name, fsynced, read back and checked against the SHA-256 computed while
@@ -97,15 +99,17 @@ def write_shard(path: str | os.PathLike, samples: Sequence[tuple[str, np.ndarray
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     keys, offsets, metas = [], [], []
-    shapes = {tuple(a.shape) for _, a, _ in samples}
-    dtypes = {np.dtype(a.dtype).str for _, a, _ in samples}
-    if len(shapes) > 1 or len(dtypes) > 1:
-        raise DataError(f"{path}: the samples of a shard must share one shape and dtype, got {shapes} {dtypes}")
+    layout = None
     try:
         with open(tmp, "wb") as raw:
             hashing = _HashingWriter(raw)
             with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
                 for key, array, meta in samples:
+                    if layout is None:
+                        layout = (tuple(array.shape), np.dtype(array.dtype).str)
+                    elif (tuple(array.shape), np.dtype(array.dtype).str) != layout:
+                        raise DataError(f"{path}: sample {key} has shape {array.shape} {array.dtype}, the shard's "
+                                        f"samples {layout}")
                     buf = io.BytesIO()
                     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
                     blob = buf.getvalue()
@@ -140,7 +144,8 @@ def write_shard(path: str | os.PathLike, samples: Sequence[tuple[str, np.ndarray
             pass
         raise
     entry = {"name": path.name, "size": path.stat().st_size, "sha256": expected, "keys": keys, "offsets": offsets,
-             "meta": metas, "shape": list(next(iter(shapes), ())), "dtype": next(iter(dtypes), None)}
+             "meta": metas, "shape": list(layout[0]) if layout else [], "dtype": layout[1] if layout else None}
+    entry.update(extra or {})  # e.g. the samples the caller skipped while `samples` was consumed
     _write_json_atomic(path.with_suffix(".json"), entry)
     return entry
 
@@ -369,18 +374,20 @@ def _read_sample(reader, item: int, shape: tuple[int, int]) -> tuple[str, np.nda
 def _build_shard(task: tuple[int, list[int], str, tuple[int, int], bool]) -> dict:
     """Read the samples of one shard and write it; returns its entry plus the skipped items and their reasons."""
     index, items, dst, shape, skip_bad = task
-    samples, skipped = [], []
-    for item in items:
-        try:
-            samples.append(_read_sample(_READER, item, shape))
-        except DataError as err:
-            if not skip_bad:
-                raise
-            skipped.append({"item": _READER.describe_item(item), "reason": str(err)})
-    entry = write_shard(Path(dst) / f"shard-{index:06d}.tar", samples)
-    entry["skipped"] = skipped
-    _write_json_atomic(Path(dst) / f"shard-{index:06d}.json", entry)
-    return entry
+    skipped = []
+
+    def samples():
+        for item in items:
+            try:
+                sample = _read_sample(_READER, item, shape)
+            except DataError as err:
+                if not skip_bad:
+                    raise
+                skipped.append({"item": _READER.describe_item(item), "reason": str(err)})
+                continue
+            yield sample
+
+    return write_shard(Path(dst) / f"shard-{index:06d}.tar", samples(), extra={"skipped": skipped})
 
 
 def _check_destination(dst: Path, settings: dict) -> None:
@@ -414,7 +421,8 @@ def prepare_ssl4eo(src: str | os.PathLike, dst: str | os.PathLike, band_names: S
     Resumable: complete shards of an earlier, interrupted run with the same arguments are kept (checked against
     their SHA-256) and the rest is written. Locations with missing bands or seasons (or unreadable files) are
     skipped and counted when `skip_bad` (listed in the manifest with the reason), else the run stops at the
-    first. Returns the manifest (with `samples`, `skipped`, `shards`)."""
+    first. `limit` prepares only the first `limit` samples (trials). Returns the manifest (with `samples`,
+    `skipped`, `shards`)."""
     from degas_hf.data.ssl4eo import DEFAULT_BANDS, SSL4EO_BANDS, _modality
 
     src, dst = Path(src).resolve(), Path(dst).resolve()
@@ -440,8 +448,7 @@ def prepare_ssl4eo(src: str | os.PathLike, dst: str | os.PathLike, band_names: S
     shape = None
     for item in range(n_items):
         try:
-            reader._seasons(item) if hasattr(reader, "_seasons") else None
-            shape = tuple(reader.item_shape(item))
+            shape = tuple(reader.item_shape(item))  # raw layout: also checks the location's seasons and bands
             break
         except DataError:
             continue
