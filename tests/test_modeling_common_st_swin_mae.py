@@ -427,6 +427,25 @@ class STSwinMAEModelTest(unittest.TestCase):
         self.assertTrue(info["mismatched_keys"])
         self.assertLess(model.segmentation_head.weight.std().item(), 3 * config.initializer_range)
 
+    # ---- compile and export ---------------------------------------------------------------------------------
+    def test_torch_compile_fullgraph(self):
+        """No graph break in any forward (the data-reading checks are skipped while dynamo traces), also when the
+        shift-mask and position-index caches are cold; dynamo's own "eager" backend keeps this fast."""
+        from degas_hf.models.st_swin_mae import modeling_st_swin_mae
+
+        config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
+        for model_class in self.all_model_classes:
+            model = model_class(config).eval()
+            inputs = self.model_tester.inputs_for(model_class, inputs_dict, return_labels=True)
+            torch._dynamo.reset()
+            modeling_st_swin_mae._DEVICE_CACHE.clear()
+            compiled = torch.compile(model, backend="eager", fullgraph=True)
+            with torch.no_grad():
+                actual, expected = _float_tensors(compiled(**inputs)), _float_tensors(model(**inputs))
+            for key in expected:
+                torch.testing.assert_close(actual[key], expected[key], atol=1e-5, rtol=0, msg=key)
+        torch._dynamo.reset()
+
     # ---- export -------------------------------------------------------------------------------------------
     def test_torch_export(self):
         """Dynamic batch for every class and a static batch, compared with eager at 1e-4 at another batch size

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -203,7 +204,7 @@ _DEVICE_CACHE: dict = {}
 try:  # while torch.export traces, new tensors are fake unless this lifts the fake mode
     from torch._subclasses.fake_tensor import unset_fake_temporarily as _real_tensors
 except ImportError:  # pragma: no cover - older or newer torch without it
-    from contextlib import nullcontext as _real_tensors
+    _real_tensors = nullcontext
 
 
 def _device_cached(builder, *key, device: torch.device) -> torch.Tensor:
@@ -215,15 +216,24 @@ def _device_cached(builder, *key, device: torch.device) -> torch.Tensor:
         # Built outside inference mode even when first needed there: an inference tensor in the cache would
         # break every later forward that records autograd (predict first, then fine-tune, in one process). Built
         # as real tensors even when torch.export traces with fake ones: a fake tensor kept here would poison every
-        # later export and forward.
-        with torch.inference_mode(False), torch.no_grad(), _real_tensors():
+        # later export and forward (dynamo, which does not run this code for real, is left to trace it).
+        real_tensors = nullcontext() if _is_dynamo_compiling() else _real_tensors()
+        with torch.inference_mode(False), torch.no_grad(), real_tensors:
             _DEVICE_CACHE[cache_key] = builder(*key).to(device)
     return _DEVICE_CACHE[cache_key]
 
 
+def _is_dynamo_compiling() -> bool:
+    check = getattr(getattr(torch, "compiler", None), "is_dynamo_compiling", None)
+    return bool(check()) if check is not None else False
+
+
 def is_tracing() -> bool:
     """True while torch.compile / torch.export (dynamo or not) / torch.jit.trace is building a graph."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+    compiler = getattr(torch, "compiler", None)  # (older torch: no torch.compiler / no is_exporting)
+    if compiler is not None and (compiler.is_compiling() or getattr(compiler, "is_exporting", bool)()):
+        return True
+    return torch.jit.is_tracing()
 
 
 def token_mask_grid(bool_masked_pos: torch.Tensor, batch_size: int, token_grid: tuple[int, int, int]) -> torch.Tensor:
