@@ -119,3 +119,11 @@ def test_docs_export_snippets_run_as_written(folders, tmp_path, monkeypatch):
     for block in re.findall(r"```python\n(.*?)```", text, flags=re.S):
         exec(compile(block, "docs/export.md", "exec"), {})
     assert (tmp_path / "flood.onnx").is_file()
+
+
+def test_onnx_without_the_extra_is_a_clear_error(folders, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "onnxscript", None)  # as if the `onnx` extra were not installed
+    assert cli_main(["export", str(folders / "segmentation"), "--output", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "ONNX export needs the `onnx` extra (pip install 'degas-hf[onnx]')" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
