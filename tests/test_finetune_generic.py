@@ -245,7 +245,9 @@ def test_damaged_model_folder_is_one_line_exit_2(tmp_path, capsys, pretrained, k
 
 def test_unwritable_output_and_full_disk(tmp_path, capsys, monkeypatch):
     """(As root, chmod does not stop writes: the OS errors are injected.)"""
-    from degas_hf.training import finetune as module
+    import importlib
+
+    module = importlib.import_module("degas_hf.training.finetune")  # the module, not the function of that name
 
     real_write = Path.write_bytes
 
@@ -272,7 +274,7 @@ def test_unwritable_output_and_full_disk(tmp_path, capsys, monkeypatch):
         (Path(folder) / "model.safetensors").write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("degas_hf.hub.folder.prepare_hub_folder", full)
+    monkeypatch.setattr(importlib.import_module("degas_hf.hub.folder"), "prepare_hub_folder", full)
     with pytest.raises(ValueError, match="no space left on device; the previous model is kept"):
         module._save_model_folder(None, None, final)
     assert (final / "model.safetensors").read_bytes() == b"previous"
