@@ -141,29 +141,36 @@ def time_pipeline(predictor_class, inputs, output: Path, args, **kwargs) -> floa
 def pipeline_section(tmp: Path, args) -> list[str]:
     from degas_hf.inference import SlidingWindowPredictor
 
+    from degas_hf.inference.sliding_window import default_num_workers
+
     previous = previous_implementation()
     inputs = write_scene(tmp, args.pipeline_size)
-    times = {"previous": [], "current": []}
-    for _ in range(args.repeats):
-        times["previous"].append(time_pipeline(previous.SlidingWindowPredictor, inputs, tmp / "prev.tif", args))
-        times["current"].append(time_pipeline(SlidingWindowPredictor, inputs, tmp / "cur.tif", args))
-        print(f"pipeline {args.pipeline_size}^2: previous {times['previous'][-1]:.2f} s, current "
-              f"{times['current'][-1]:.2f} s", flush=True)
+    default = default_num_workers("cpu")
+    variants = {f"previous ({PREVIOUS_COMMIT}, one reader thread)": (previous.SlidingWindowPredictor, {}),
+                f"current, num_workers={default} (the CPU default)": (SlidingWindowPredictor, {})}
+    for workers in sorted({2, os.cpu_count() or 1} - {default}):
+        variants[f"current, num_workers={workers}"] = (SlidingWindowPredictor, {"num_workers": workers})
+    times = {label: [] for label in variants}
+    for _ in range(args.repeats):  # alternating, so that a change of load hits every variant alike
+        for label, (predictor_class, kwargs) in variants.items():
+            times[label].append(time_pipeline(predictor_class, inputs, tmp / "out.tif", args, **kwargs))
+        print(f"pipeline {args.pipeline_size}^2: " + ", ".join(f"{k}: {v[-1]:.2f} s" for k, v in times.items()),
+              flush=True)
     for path in inputs:
         path.unlink()
     megapixels = args.pipeline_size**2 / 1e6
     best = {k: min(v) for k, v in times.items()}
-    return [
+    base = next(iter(best.values()))
+    lines = [
         f"### Pipeline rate (zero-cost model), {args.pipeline_size}^2 x 4 dates x 6 bands uint16",
         "",
         "| implementation | runs (s) | best (s) | Mpx/s | speed-up |",
         "|---|---|---|---|---|",
-        f"| previous ({PREVIOUS_COMMIT}) | {', '.join(f'{t:.2f}' for t in times['previous'])} | "
-        f"{best['previous']:.2f} | {megapixels / best['previous']:.2f} | 1.00x |",
-        f"| current (num_workers={min(8, os.cpu_count() or 1)}) | {', '.join(f'{t:.2f}' for t in times['current'])} | "
-        f"{best['current']:.2f} | {megapixels / best['current']:.2f} | {best['previous'] / best['current']:.2f}x |",
-        "",
     ]
+    for label, values in times.items():
+        lines.append(f"| {label} | {', '.join(f'{t:.2f}' for t in values)} | {best[label]:.2f} | "
+                     f"{megapixels / best[label]:.2f} | {base / best[label]:.2f}x |")
+    return lines + [""]
 
 
 def quicklook_section(tmp: Path, args) -> list[str]:
@@ -237,18 +244,52 @@ def cli_peak_memory(model_dir: Path, inputs: list[Path], output: Path, args, dev
     return peak_kib / 1024, wall
 
 
+def zero_cost_peak_memory(inputs: list[Path], output: Path, args) -> tuple[float, float]:
+    """Peak RSS (MiB) and wall time (s) of `predict_geotiff` with the zero-cost model (quicklook on) in a
+    subprocess: the pipeline's own memory, without a model's."""
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_predict as b; "
+              "from degas_hf.inference import predict_geotiff; "
+              f"predict_geotiff(b.ZeroCostModel(), b._processor(), {[str(p) for p in inputs]!r}, {str(output)!r}, "
+              f"window_size={args.window}, overlap={args.overlap}, batch_size={args.batch_size}, progress=False)")
+    return _peak_memory([sys.executable, "-c", script])
+
+
+def _peak_memory(command: list[str]) -> tuple[float, float]:
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak_kib = 0
+    while process.poll() is None:
+        try:
+            with open(f"/proc/{process.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        peak_kib = max(peak_kib, int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+        time.sleep(0.05)
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(process.stderr.read().decode()[-2000:])
+    return peak_kib / 1024, wall
+
+
 def memory_section(tmp: Path, args) -> list[str]:
-    model_dir = save_model(tmp / "tiny")
+    model_dir = save_model(tmp / "tiny") if args.memory_model == "tiny" else None
     rows = []
     for size in args.sizes:
         inputs = write_scene(tmp, size)
-        peak, wall = cli_peak_memory(model_dir, inputs, tmp / f"mem_{size}.tif", args)
+        if model_dir is not None:
+            peak, wall = cli_peak_memory(model_dir, inputs, tmp / f"mem_{size}.tif", args)
+        else:
+            peak, wall = zero_cost_peak_memory(inputs, tmp / f"mem_{size}.tif", args)
         print(f"memory {size}^2: peak {peak:.0f} MiB, {wall:.1f} s", flush=True)
         rows.append((size, peak, wall))
         for path in inputs:
             path.unlink()
+    what = ("`degas-hf predict` (degas-tiny, quicklook on, CPU)" if model_dir is not None else
+            "`predict_geotiff` with the zero-cost model (the pipeline's own memory, quicklook on, CPU)")
     lines = [
-        "### Peak memory of `degas-hf predict` (degas-tiny, quicklook on, CPU)",
+        f"### Peak memory of {what}",
         "",
         "| scene | peak RSS (MiB) | vs smallest | wall (s) |",
         "|---|---|---|---|",
@@ -332,6 +373,8 @@ def main() -> int:
     parser.add_argument("--pipeline-size", type=int, default=4096, help="scene side for the pipeline rate")
     parser.add_argument("--quicklook-scene", type=int, default=2048, help="scene side for the quicklook overhead")
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192], help="scene sides for peak memory")
+    parser.add_argument("--memory-model", choices=["tiny", "zero"], default="tiny",
+                        help="peak memory of the CLI with degas-tiny, or of the pipeline with the zero-cost model")
     parser.add_argument("--gpu-scene", type=int, default=4096)
     parser.add_argument("--tile", type=int, default=10980, help="GPU: the CLI tile side (0 skips it)")
     parser.add_argument("--window", type=int, default=256)

@@ -280,6 +280,13 @@ def test_windows_are_views_of_one_strip_when_evenly_spaced():
     np.testing.assert_array_equal(windows[2].numpy(), strip[..., 24:40].numpy())
     uneven = SlidingWindowPredictor._cut(strip, [0, 12, 20], 16)  # the flush-right last window
     np.testing.assert_array_equal(uneven[2].numpy(), strip[..., 20:36].numpy())
+    from degas_hf.inference.sliding_window import _NumpyStrip  # the CPU path
+
+    array = strip.numpy()
+    views = _NumpyStrip._cut(array, [0, 12, 24], 16)
+    assert views.shape == (3, 2, 3, 16) and np.shares_memory(views, array)
+    for index, offset in enumerate([0, 12, 24]):
+        np.testing.assert_array_equal(views[index], array[..., offset : offset + 16])
 
 
 def test_bf16_precision_on_the_cpu_agrees_with_fp32(monkeypatch):
@@ -387,6 +394,9 @@ def test_cli_band_names_space_or_comma_separated(model_dir, tmp_path, capsys):
     assert _run("--model", model_dir, "--output", tmp_path / "o.tif", inputs[0], "--band-names", "B02",
                 *map(str, inputs[1:])) == 2
     assert "--band-names took" in capsys.readouterr().err
+    assert _run("--model", model_dir, "--output", tmp_path / "o.tif", *inputs, "--band-names", "B02,B03") == 2
+    err = capsys.readouterr().err
+    assert "--band-names names 2 bands" in err and "`band_names`" not in err  # the flag, not the Python argument
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
                         help="forward precision (autocast); default bf16 on CUDA, fp32 on the CPU")
     parser.add_argument("--num-workers", type=_int_at_least(0), default=None,
-                        help="threads reading and normalising windows (default: min(8, CPU count))")
+                        help="threads reading and normalising windows (default: min(8, CPUs) with a GPU, CPUs/4 on the CPU)")
     parser.add_argument("--compile", action="store_true", help="compile the model with torch.compile first")
     parser.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs (with overviews)")
     parser.add_argument("--allow-untrained-head", action="store_true",
@@ -106,7 +106,21 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
+# Python argument names in library errors, and the flags a command-line user typed instead.
+FLAG_NAMES = {
+    "`band_names`": "--band-names",
+    "`frames_per_file`": "--frames-per-file",
+    "frames_per_file=": "--frames-per-file ",
+    "`batch_size`": "--batch-size",
+    "`nodata_policy`": "--nodata-policy",
+    "`num_workers`": "--num-workers",
+    "allow_untrained_head": "--allow-untrained-head",
+}
+
+
 def _error(message: str) -> int:
+    for name, flag in FLAG_NAMES.items():
+        message = message.replace(name, flag)
     print(f"degas-hf predict: error: {message}", file=sys.stderr)
     return 2
 

@@ -159,7 +159,7 @@ def predict_geotiff(
         quicklook (`bool`): also write `OUT.png`, from a decimated view filled while predicting (no second read).
         precision (`str`, *optional*): "fp32", "bf16" or "fp16" autocast; default bf16 on CUDA, fp32 on the CPU.
         devices (`int` or list, *optional*): several GPUs share the scene's window rows.
-        num_workers (`int`, *optional*): reader threads (default min(8, CPU count)).
+        num_workers (`int`, *optional*): reader threads (default: `sliding_window.default_num_workers`).
         cog (`bool`): write Cloud-Optimized GeoTIFFs (overviews; GDAL's COG driver).
         compile (`bool`): compile the model first (`degas_hf.training.compile.compile_model`).
         gdal_cache_mb (`int`): GDAL's block cache. Bounded, so memory does not grow with the scene (GDAL's

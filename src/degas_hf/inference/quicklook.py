@@ -54,6 +54,7 @@ NODATA_COLOR = (0, 0, 0)
 VALUE_COLORMAP = "viridis"
 CLASS_ALPHA = 0.5  # opacity of class colours over the RGB
 VALUE_ALPHA = 0.7  # opacity of value colours over the RGB
+PANEL_PIXELS = 600  # about the width of each of the two panels of the quicklook figure (12 inches at 100 dpi)
 RGB_NAMES = (("B04", "B03", "B02"), ("RED", "GREEN", "BLUE"), ("R", "G", "B"))
 
 
@@ -107,14 +108,25 @@ def rgb_composite(frames: np.ndarray, nodata: Sequence[float | None] | None = No
 
 
 def _nanmedian_over_dates(frames: np.ndarray) -> np.ndarray:
-    """`np.nanmedian(frames, axis=0)` for a few dates, by one sort (NaN sorts last) instead of numpy's masked-array
-    path, which is 10x slower on a 1024^2 view: the middle valid value, or the mean of the two middle ones."""
-    ordered = np.sort(frames, axis=0)
-    count = np.isfinite(frames).sum(axis=0)
-    low = np.take_along_axis(ordered, np.maximum(count - 1, 0)[None] // 2, axis=0)[0]
-    high = np.take_along_axis(ordered, (count // 2)[None], axis=0)[0] if len(frames) > 1 else low
+    """`np.nanmedian(frames, axis=0)`, the same values, 10-50x faster for a few dates: an odd-even transposition
+    sort of the dates with elementwise min/max (NaN as +inf, so it sorts last), then the middle valid value, or the
+    mean of the two middle ones. numpy's own path goes through masked arrays; more than 16 dates use `np.sort`."""
+    finite = np.isfinite(frames)
+    count = finite.sum(axis=0)
+    values = np.where(finite, frames, np.float32(np.inf)).astype(np.float32, copy=False)
+    low_index, high_index = np.maximum(count - 1, 0) // 2, np.minimum(count // 2, len(values) - 1)
+    if len(values) <= 16:
+        rows = list(values)
+        for step in range(len(rows)):
+            for i in range(step % 2, len(rows) - 1, 2):
+                rows[i], rows[i + 1] = np.minimum(rows[i], rows[i + 1]), np.maximum(rows[i], rows[i + 1])
+        low, high = np.choose(low_index, rows), np.choose(high_index, rows)
+    else:
+        ordered = np.sort(values, axis=0)
+        low = np.take_along_axis(ordered, low_index[None], axis=0)[0]
+        high = np.take_along_axis(ordered, high_index[None], axis=0)[0]
     high = np.where(count > 1, high, low)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         median = (low + high) / np.float32(2)
     return np.where(count > 0, median, np.float32(np.nan)).astype(np.float32)
 
@@ -286,8 +298,11 @@ def render_quicklook(
         figure.colorbar(ScalarMappable(Normalize(*value_range), cmap=VALUE_COLORMAP), ax=axes[1], fraction=0.046,
                         pad=0.02)
         axes[1].set_title("prediction (values)")
+    # Each panel is about PANEL_PIXELS wide: showing every k-th pixel is what nearest-neighbour display does anyway,
+    # and resampling the full view inside matplotlib costs seconds.
+    stride = max(1, math.ceil(max(shape) / PANEL_PIXELS))
     for axis, picture in zip(axes, (image, shown)):
-        axis.imshow(picture, interpolation="nearest")
+        axis.imshow(picture[::stride, ::stride], interpolation="nearest")
         axis.set_axis_off()
     if title:
         figure.suptitle(title)

@@ -42,6 +42,7 @@ __all__ = [
     "QuicklookSampler",
     "SlidingWindowPredictor",
     "blend_ramp",
+    "default_num_workers",
     "resolve_devices",
     "resolve_precision",
     "split_window_rows",
@@ -153,6 +154,14 @@ def resolve_devices(device=None, devices: int | Sequence | None = None) -> list[
             f"(torch sees {torch.cuda.device_count() if torch.cuda.is_available() else 0} GPU(s))"
         )
     return [device]
+
+
+def default_num_workers(device) -> int:
+    """Reader threads by default: min(8, CPU count) when a GPU runs the model; on the CPU a quarter of the cores
+    (at least 1, at most 4), because the model's own threads need them (oversubscribed cores make torch's spinning
+    OpenMP threads crawl)."""
+    cpus = os.cpu_count() or 1
+    return min(8, cpus) if torch.device(device).type != "cpu" else max(1, min(4, cpus // 4))
 
 
 def _cpu_supports(precision: str) -> bool:
@@ -436,7 +445,7 @@ class SlidingWindowPredictor:
             `"fp32"`, `"bf16"` or `"fp16"` autocast for the forward; defaults to bf16 on CUDA, fp32 elsewhere. A
             device that cannot run it raises a `ValueError`. Softmax and blending are always float32.
         num_workers (`int`, *optional*):
-            Reader threads (read + normalise); defaults to min(8, CPU count). 0 reads in the predicting thread.
+            Reader threads (read + normalise); see `default_num_workers`. 0 reads in the predicting thread.
         compile (`bool`, *optional*, defaults to `False`):
             Compile the model (`degas_hf.training.compile.compile_model`) on each device before the first batch.
         progress (`bool`, *optional*, defaults to `True`):
@@ -507,7 +516,7 @@ class SlidingWindowPredictor:
         for other in self.devices[1:]:
             resolve_precision(self.precision, other)
         if num_workers is None:
-            num_workers = min(8, os.cpu_count() or 1)
+            num_workers = default_num_workers(self.device)
         if num_workers < 0:
             raise ValueError(f"`num_workers` must be >= 0, found {num_workers}")
         self.num_workers = int(num_workers) if prefetch else 0
@@ -516,6 +525,8 @@ class SlidingWindowPredictor:
         self.model_seconds = 0.0  # time in the model's forward (+ softmax); exact on the CPU, launch time on GPUs
         self._replicas: dict[torch.device, torch.nn.Module] = {}
         self._timer_lock = threading.Lock()
+        self._compile_lock = threading.Lock()
+        self._compiled_devices: set[torch.device] = set()
 
     # ------------------------------------------------------------------------------------------------- layout
     def num_outputs(self) -> int:
@@ -659,11 +670,14 @@ class SlidingWindowPredictor:
             dtype = next(model.parameters()).dtype  # a bf16 / fp16 model takes inputs of its own dtype
         except (StopIteration, AttributeError):
             dtype = torch.float32
-        with self._autocast(device):
+        first_compiled_call = self.compile and device not in self._compiled_devices
+        with self._compile_lock if first_compiled_call else contextlib.nullcontext(), self._autocast(device):
+            # torch.compile compiles on the first call and is not thread-safe: one device thread at a time does it.
             outputs = model(
                 pixel_values=pixel_values.to(device, dtype=dtype, non_blocking=True),
                 valid_mask=valid_mask.to(device, non_blocking=True),
             )
+            self._compiled_devices.add(device)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         logits = logits.float()
         if self.task == "classification":
@@ -729,6 +743,8 @@ class SlidingWindowPredictor:
                 num_labels, layout, writer, workers_per_device, bar, stop,
             ))
 
+        for device in self.devices[: len(groups)]:
+            self._replica(device)  # copies made here, not concurrently in the device threads
         try:
             if len(groups) == 1:
                 run_group(self.devices[0], *groups[0])
@@ -784,6 +800,8 @@ class SlidingWindowPredictor:
         first = first_owned
         while first > 0 and rows[first - 1] + win_h > owned_top:
             first -= 1  # earlier window rows that reach into the owned rows
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # this thread's current device: tensors the model makes land there
         strip_class = _NumpyStrip if device.type == "cpu" and self.cpu_blend == "numpy" else _TorchStrip
         strip = strip_class(num_labels, win_h, plan.width, plan.col_weights, device, self.task, self.probabilities,
                             self.nodata_policy, layout)
@@ -862,14 +880,20 @@ class _NumpyStrip(_Strip):
             return strip[None, ..., offsets[0] : offsets[0] + width]
         step = offsets[1] - offsets[0]
         if step > 0 and all(b - a == step for a, b in zip(offsets, offsets[1:])):
-            views = np.lib.stride_tricks.sliding_window_view(strip[..., : offsets[-1] + width], width, axis=-1)
-            return np.moveaxis(views[..., ::step, :], -2, 0)
+            # (B, ..., width) views: window b starts b * step columns further along the strip's last axis.
+            column = strip.strides[-1]
+            return np.lib.stride_tricks.as_strided(
+                strip, shape=(len(offsets), *strip.shape[:-1], width), strides=(step * column, *strip.strides),
+                writeable=False,
+            )
         return np.stack([strip[..., o : o + width] for o in offsets])
 
     def windows(self, pixel_values: torch.Tensor, valid_mask: torch.Tensor, offsets, width):
         """Windows (B, C, T, h, w) and (B, T, h, w) of one batch's strip: views of it when evenly spaced."""
         self._valid = self._cut(valid_mask.numpy(), offsets, width)
-        return torch.from_numpy(self._cut(pixel_values.numpy(), offsets, width)), torch.from_numpy(self._valid)
+        with warnings.catch_warnings():  # torch warns that the views are read-only; the model never writes its input
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(self._cut(pixel_values.numpy(), offsets, width)), torch.from_numpy(self._valid)
 
     def accumulate(self, cols, outputs: torch.Tensor, valid_mask, row_weight: np.ndarray, win_w: int) -> None:
         outputs = outputs.numpy()
