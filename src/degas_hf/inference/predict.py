@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -104,14 +103,6 @@ class GeoTiffSink:
         self.writers[name].write(block, row_off=row_off)
 
 
-def _import_matplotlib() -> None:
-    """Import matplotlib's Agg pyplot (about a second, font cache included) while the prediction runs."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot  # noqa: F401
-
-
 def _rgb_band_indices(source, band_names, processor) -> list[int]:
     names = band_names if band_names is not None else source.band_names
     rgb = rgb_band_indices(names)
@@ -156,7 +147,8 @@ def predict_geotiff(
             renamed when complete; temporaries left by a killed earlier run of the same output are deleted first.
         band_names (`list[str]`, *optional*): names of the input bands (else the band descriptions).
         probabilities (`bool`): also write `OUT.probabilities.tif` (float32, one band per class).
-        quicklook (`bool`): also write `OUT.png`, from a decimated view filled while predicting (no second read).
+        quicklook (`bool`): also write `OUT.png`, from a decimated view filled while predicting (no second read);
+            `quicklook_size` is its long side (two panels side by side, and a legend).
         precision (`str`, *optional*): "fp32", "bf16" or "fp16" autocast; default bf16 on CUDA, fp32 on the CPU.
         devices (`int` or list, *optional*): several GPUs share the scene's window rows.
         num_workers (`int`, *optional*): reader threads (default: `sliding_window.default_num_workers`).
@@ -193,10 +185,9 @@ def predict_geotiff(
     ) as source:
         sampler, rgb_bands = None, None
         if quicklook:
-            threading.Thread(target=_import_matplotlib, name="degas-import-matplotlib", daemon=True).start()
             rgb_bands = _rgb_band_indices(source, band_names, processor)
             sampler = QuicklookSampler(source.height, source.width, source.num_frames, len(rgb_bands),
-                                       max_size=quicklook_size)
+                                       max_size=max(1, quicklook_size // 2))  # two panels side by side
         with contextlib.ExitStack() as stack:
             sink = GeoTiffSink(paths, source, stack, id2label=id2label, cog=cog, num_labels=predictor.num_outputs())
             predictor.predict(source, sink=sink, band_names=band_names, quicklook=sampler, rgb_bands=rgb_bands)

@@ -1,7 +1,8 @@
-"""PNG quicklooks: an RGB view of the input beside the same view with the prediction overlaid (matplotlib Agg).
+"""PNG quicklooks: an RGB view of the input beside the same view with the prediction overlaid, and a legend.
 
-Only decimated views are used (at most `max_size` pixels on the long side), so a quicklook of a 10980 x 10980
-scene costs a few MB. `degas-hf predict` fills them while it predicts (`SlidingWindowPredictor` with a
+Only decimated views are used (each panel at most `max_size / 2` pixels on the long side), so a quicklook of a
+10980 x 10980 scene costs a few MB and well under a second; the picture is composed with Pillow (no figure
+library on the path). `degas-hf predict` fills them while it predicts (`SlidingWindowPredictor` with a
 `QuicklookSampler`) and calls `render_quicklook`: the scene is never decoded a second time. `save_quicklook` reads
 decimated views from sources, for outputs made otherwise.
 
@@ -54,7 +55,7 @@ NODATA_COLOR = (0, 0, 0)
 VALUE_COLORMAP = "viridis"
 CLASS_ALPHA = 0.5  # opacity of class colours over the RGB
 VALUE_ALPHA = 0.7  # opacity of value colours over the RGB
-PANEL_PIXELS = 600  # about the width of each of the two panels of the quicklook figure (12 inches at 100 dpi)
+BACKGROUND = (255, 255, 255)
 RGB_NAMES = (("B04", "B03", "B02"), ("RED", "GREEN", "BLUE"), ("R", "G", "B"))
 
 
@@ -233,7 +234,7 @@ def save_quicklook(
         nodata: the prediction's nodata value (pixels left showing the RGB).
         id2label (`dict`, *optional*): class names for the legend.
     """
-    shape = quicklook_shape(source.height, source.width, max_size)
+    shape = quicklook_shape(source.height, source.width, max(1, max_size // 2))  # one panel
     frames = source.read(bands=list(rgb_bands), out_shape=shape)
     if hasattr(prediction, "read"):
         predicted = prediction.read(out_shape=shape)[0, 0]
@@ -259,7 +260,8 @@ def render_quicklook(
     alpha: float = CLASS_ALPHA,
     title: str | None = None,
 ) -> None:
-    """Write the quicklook PNG from decimated views already in memory.
+    """Write the quicklook PNG from decimated views already in memory: a title line, then the input (RGB, median
+    over dates), the prediction overlaid on it, and a legend (the classes present, or the value range).
 
     Args:
         frames (`np.ndarray` (T, 3 or 1, h, w)): raw RGB (or grey) values of every date; NaN or a date's
@@ -267,48 +269,41 @@ def render_quicklook(
         predicted (`np.ndarray` (h, w)): classes or values on the same grid; NaN or `nodata` where none.
         Other arguments: see `save_quicklook`.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.patches import Patch
+    from PIL import Image, ImageDraw
 
     from ..io.geotiff import atomic_output
 
     image = rgb_image(frames, frames_nodata)
-    shape = image.shape[:2]
     predicted = np.asarray(predicted).astype(np.float64)
     missing = ~np.isfinite(predicted)
     if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
         missing |= predicted == nodata
-
-    figure, axes = plt.subplots(1, 2, figsize=(12, 6 * shape[0] / shape[1] + 0.8), dpi=100)
-    axes[0].set_title("input (RGB, median over dates)")
-    shown, value_range = overlay_prediction(image, predicted, task != "classification", missing, alpha)
-    if task == "classification":
-        present = np.unique(predicted[~missing]).astype(int) if (~missing).any() else np.array([], dtype=int)
-        handles = [Patch(color=np.asarray(color) / 255, label=label)
-                   for label, color in legend_entries(id2label, present[:20], default="{}")]
-        if handles:
-            axes[1].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.8)
-        axes[1].set_title("prediction (classes)")
-    else:
-        figure.colorbar(ScalarMappable(Normalize(*value_range), cmap=VALUE_COLORMAP), ax=axes[1], fraction=0.046,
-                        pad=0.02)
-        axes[1].set_title("prediction (values)")
-    # Each panel is about PANEL_PIXELS wide: showing every k-th pixel is what nearest-neighbour display does anyway,
-    # and resampling the full view inside matplotlib costs seconds.
-    stride = max(1, math.ceil(max(shape) / PANEL_PIXELS))
-    for axis, picture in zip(axes, (image, shown)):
-        axis.imshow(picture[::stride, ::stride], interpolation="nearest")
-        axis.set_axis_off()
+    regression = task != "classification"
+    shown, value_range = overlay_prediction(image, predicted, regression, missing, alpha)
+    height, width = image.shape[:2]
+    header, gap, legend_width = 40, 8, 180
+    canvas = Image.new("RGB", (2 * width + 3 * gap + legend_width, header + height + gap), BACKGROUND)
+    canvas.paste(Image.fromarray(image), (gap, header))
+    canvas.paste(Image.fromarray(shown), (2 * gap + width, header))
+    draw = ImageDraw.Draw(canvas)
     if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    try:
-        with atomic_output(path) as tmp:
-            figure.savefig(tmp, format="png", pil_kwargs={"compress_level": 3})  # 6 (default) takes twice as long
-    finally:
-        plt.close(figure)
+        draw.text((gap, 4), str(title), fill=(0, 0, 0))
+    draw.text((gap, header - 16), "input (RGB, median over dates)", fill=(0, 0, 0))
+    draw.text((2 * gap + width, header - 16), f"prediction ({'values' if regression else 'classes'})", fill=(0, 0, 0))
+    left = 3 * gap + 2 * width
+    if regression:
+        if value_range is not None:
+            from matplotlib import colormaps
+
+            bar = (colormaps[VALUE_COLORMAP](np.linspace(1, 0, max(16, min(height, 256))))[:, :3] * 255).astype(np.uint8)
+            canvas.paste(Image.fromarray(np.repeat(bar[:, None], 16, axis=1)), (left, header))
+            draw.text((left + 22, header), f"{value_range[1]:.4g}", fill=(0, 0, 0))
+            draw.text((left + 22, header + len(bar) - 12), f"{value_range[0]:.4g}", fill=(0, 0, 0))
+    else:
+        present = np.unique(predicted[~missing]).astype(int) if (~missing).any() else np.array([], dtype=int)
+        for row, (label, color) in enumerate(legend_entries(id2label, present[:20], default="{}")):
+            y = header + row * 20
+            draw.rectangle([left, y + 2, left + 14, y + 16], fill=tuple(color), outline=(0, 0, 0))
+            draw.text((left + 20, y + 3), label[:24], fill=(0, 0, 0))
+    with atomic_output(path) as tmp:
+        canvas.save(tmp, format="PNG", compress_level=3)
