@@ -409,11 +409,15 @@ class STSwinMAESelfAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros(span, num_heads))
 
     def relative_position_bias(self, window_size: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-        """(heads, N, N) bias for the (possibly clamped) window."""
+        """(heads, N, N) contiguous bias for the (possibly clamped) window."""
         index = relative_position_index(window_size, self.table_window, device)
         num_tokens = index.shape[0]
-        bias = self.relative_position_bias_table[index.reshape(-1)].view(num_tokens, num_tokens, -1)
-        return bias.permute(2, 0, 1)
+        # Gathered along the transposed table so the bias comes out contiguous: SDPA's fused CUDA kernels refuse a
+        # mask whose last dimension has a stride other than 1 (the former `table[index].permute(2, 0, 1)` had
+        # stride `heads` and sent every unshifted block to the math path), and index_select's backward is one
+        # index_add instead of a sort-based index_put.
+        bias = self.relative_position_bias_table.t().index_select(1, index.reshape(-1))
+        return bias.view(-1, num_tokens, num_tokens)
 
     def forward(
         self,
