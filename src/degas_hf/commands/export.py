@@ -80,36 +80,33 @@ def _error(message: str) -> int:
     return 2
 
 
-class _Exportable:
-    """Factory of the plain-tensor wrappers (built lazily: torch is imported by `run` only)."""
+def graph_module(model, head: str):
+    """`model` wrapped to take `pixel_values` and return plain tensors (what an exported graph can carry): the
+    logits for head="segmentation", else (last_hidden_state, pooler_output). Its `output_names` name them."""
+    import torch
 
-    @staticmethod
-    def wrap(model, head: str):
-        import torch
+    class SegmentationGraph(torch.nn.Module):
+        output_names = ("logits",)
 
-        class EncoderGraph(torch.nn.Module):
-            output_names = ("last_hidden_state", "pooler_output")
+        def __init__(self, segmenter):
+            super().__init__()
+            self.segmenter = segmenter
 
-            def __init__(self, encoder):
-                super().__init__()
-                self.encoder = encoder
+        def forward(self, pixel_values):
+            return (self.segmenter(pixel_values=pixel_values, return_dict=True).logits,)
 
-            def forward(self, pixel_values):
-                output = self.encoder(pixel_values=pixel_values, return_dict=True)
-                return output.last_hidden_state, output.pooler_output
+    class EncoderGraph(torch.nn.Module):
+        output_names = ("last_hidden_state", "pooler_output")
 
-        class SegmentationGraph(torch.nn.Module):
-            output_names = ("logits",)
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
 
-            def __init__(self, segmenter):
-                super().__init__()
-                self.segmenter = segmenter
+        def forward(self, pixel_values):
+            output = self.encoder(pixel_values=pixel_values, return_dict=True)
+            return output.last_hidden_state, output.pooler_output
 
-            def forward(self, pixel_values):
-                return (self.segmenter(pixel_values=pixel_values, return_dict=True).logits,)
-
-        graph = SegmentationGraph(model) if head == "segmentation" else EncoderGraph(model)
-        return graph.eval()
+    return (SegmentationGraph(model) if head == "segmentation" else EncoderGraph(model)).eval()
 
 
 def load_for_export(model_path, head: str = "auto"):
@@ -196,7 +193,7 @@ def export_model(
         # Switched back in `finally`, so the caller's model is left as it was.
         previous = config._attn_implementation
         model.set_attn_implementation("eager")
-    graph = _Exportable.wrap(model, head)
+    graph = graph_module(model, head)
     generator = torch.Generator().manual_seed(0)
     shape = (batch_size, config.num_channels, frames, height, width)
     example = torch.randn(shape, generator=generator)
