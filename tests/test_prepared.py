@@ -219,3 +219,23 @@ def test_batches_are_read_in_place(prepared_root, raw_root):
         assert torch.equal(next(iter(loader))["raw_values"], one_by_one["raw_values"])
     padded = PreparedDataset(prepared_root, crop_size=40, seed=2, output="raw")[(0, 0)]["raw_values"]
     assert padded.shape == (4, 6, 40, 40) and (padded[..., 32:, :] == 0).all()
+
+
+def test_prepare_from_v11_zarr_keeps_values_and_offset(tmp_path):
+    """v1.1 zarr chunks are stored as they are (int16 with the +1000 offset, recorded in the manifest) and read back
+    exactly like the zarr reader reads them; the v1.1 statistics are the default normalisation."""
+    pytest.importorskip("zarr")
+    from test_ssl4eo import _write_zarr
+
+    from degas_hf.data.ssl4eo import SSL4EO_BANDS, SSL4EOS12ZarrDataset
+
+    path = _write_zarr(tmp_path / "v11" / "train" / "S2L2A" / "ssl4eos12_train_seasonal_data_000001.zarr.zip",
+                       list(SSL4EO_BANDS["s2a"]), n=3, size=20, value=1800)
+    manifest = prepare_ssl4eo(tmp_path / "v11", tmp_path / "prepared", samples_per_shard=2, progress=False)
+    assert manifest["samples"] == 3 and manifest["dtype"] == "<i2" and manifest["dn_offset"] == 1000
+    assert manifest["normalization"] == "ssl4eo-s12-v1.1-l2a"
+    processor = STSwinMAEImageProcessor.from_preset("ssl4eo-s12-v1.1-l2a", band_names=MODEL_BANDS)
+    prep = PreparedDataset(tmp_path / "prepared", crop_size=16, processor=processor, seed=1)
+    direct = SSL4EOS12ZarrDataset(path, band_names=MODEL_BANDS, crop_size=16, processor=processor, seed=1)
+    for key in [(0, 0), (0, 2)]:
+        assert torch.equal(prep[key]["pixel_values"], direct[key]["pixel_values"])
