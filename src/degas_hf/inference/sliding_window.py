@@ -980,8 +980,8 @@ class _TorchStrip(_Strip):
         else:
             _, dtype, nodata = self.layout["classes"]
             classes = blended.argmax(dim=0).to(getattr(torch, dtype))
-            classes[~mask] = nodata
-            blocks["classes"] = classes
+            # torch.where, not classes[~mask] = nodata: boolean indexing would wait for the device
+            blocks["classes"] = torch.where(mask, classes, torch.full((), nodata, dtype=classes.dtype, device=self.device))
             if self.probabilities:
                 blocks["probabilities"] = torch.where(mask, blended, nan)
         event = None
