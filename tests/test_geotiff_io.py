@@ -162,16 +162,17 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     from degas_hf.io.geotiff import remove_stale_temporaries
 
     target = tmp_path / "out.tif"
-    dead = tmp_path / ".out.tif.4194303.k2j.tmp.tif"  # above Linux's pid_max: no such process
-    older_naming = tmp_path / ".out.tif.k2j.tmp.tif"
-    aux = tmp_path / ".out.tif.4194303.k2j.tmp.tif.aux.xml"
-    mine = tmp_path / f".out.tif.{os.getpid()}.abc.tmp.tif"
-    other_output = tmp_path / ".other.tif.4194303.abc.tmp.tif"
-    for path in (dead, older_naming, aux, mine, other_output):
+    dead = tmp_path / ".out.tif.4194303.k2j_9xab.tmp.tif"  # above Linux's pid_max: no such process
+    older_naming = tmp_path / ".out.tif.k2j_9xab.tmp.tif"
+    aux = tmp_path / ".out.tif.4194303.k2j_9xab.tmp.tif.aux.xml"
+    mine = tmp_path / f".out.tif.{os.getpid()}.abcdefgh.tmp.tif"
+    other_output = tmp_path / ".other.tif.4194303.abcdefgh.tmp.tif"
+    longer_name = tmp_path / ".out.tif.x.tif.4194303.abcdefgh.tmp.tif"  # a temporary of "out.tif.x.tif"
+    for path in (dead, older_naming, aux, mine, other_output, longer_name):
         path.write_bytes(b"x")
     removed = remove_stale_temporaries(target)
     assert sorted(p.name for p in removed) == sorted([dead.name, older_naming.name, aux.name])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other_output.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, other_output.name, longer_name.name])
     with atomic_output(target) as tmp:
         assert tmp.name.startswith(f".out.tif.{os.getpid()}.") and tmp.name.endswith(".tmp.tif")
         tmp.write_bytes(b"done")

@@ -488,10 +488,10 @@ def test_sigterm_and_killed_runs_leave_no_temporary_file(model_dir, tmp_path, mo
     out = folder / "pred.tif"
     # What a run killed with SIGKILL leaves: temporaries of a dead process (and of an older naming); a live
     # process's temporary (another run writing the same output) must stay.
-    dead = folder / ".pred.tif.4194303.abcd.tmp.tif"
-    old_style = folder / ".pred.tif.xyz12.tmp.tif"
-    live = folder / f".pred.tif.{os.getppid()}.live.tmp.tif"
-    for path in (dead, old_style, live, folder / ".pred.png.4194303.q.tmp.png"):
+    dead = folder / ".pred.tif.4194303.abcd1234.tmp.tif"
+    old_style = folder / ".pred.tif.xyz12_ab.tmp.tif"
+    live = folder / f".pred.tif.{os.getppid()}.live_tmp.tmp.tif"
+    for path in (dead, old_style, live, folder / ".pred.png.4194303.q1234567.tmp.png"):
         path.write_bytes(b"partial")
     assert _run("--model", model_dir, "--output", out, *inputs, "--window", 32, "--overlap", 8) == 0
     assert sorted(p.name for p in folder.iterdir()) == sorted(["pred.tif", "pred.png", live.name])

@@ -413,8 +413,10 @@ def remove_stale_temporaries(path) -> list[Path]:
     removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
+    # mkstemp's random part is 8 characters of [a-z0-9_]: anything else is another output's temporary.
     pattern = re.compile(
-        re.escape(_temporary_prefix(path)) + r"(?:(\d+)\.)?[^/]*\.tmp" + re.escape(path.suffix) + r"(?:\.aux\.xml)?$"
+        re.escape(_temporary_prefix(path)) + r"(?:(\d+)\.)?[a-z0-9_]{8}\.tmp" + re.escape(path.suffix)
+        + r"(?:\.aux\.xml)?$"
     )
     for candidate in path.parent.iterdir():
         match = pattern.match(candidate.name)
