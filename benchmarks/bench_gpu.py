@@ -296,10 +296,11 @@ def part_encoder(args, s):
         models.append(("torchvision swin3d", peer, lambda: peer(pixel_values)))
     emit(dict(part="encoder", what="params", ours_m=sum(p.numel() for p in ours.parameters()) / 1e6,
               peer_m=None if peer is None else sum(p.numel() for p in peer.parameters()) / 1e6))
-    # Interleaved rounds, best round kept: on a shared machine the models see the same load. On CPU the clock is
-    # the process's CPU time (all threads): other processes' load then barely moves the ratios.
+    # Interleaved rounds, best round kept: on a shared machine the models see the same load. With one CPU thread
+    # the clock is the process's CPU time, which other processes' load barely moves (with more threads, OpenMP
+    # threads spinning while they wait for each other inflate it, so wall time is used).
     rounds = 1 if args.device == "cuda" else 2
-    clock = time.perf_counter if args.device == "cuda" else time.process_time
+    clock = time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
     for precision in ("bf16", "fp32"):
         for mode in ("fwd", "fwd+bwd"):
             best = {}
@@ -354,9 +355,14 @@ def part_attention(args, s):
         return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kwargs)
 
     F.scaled_dot_product_attention = recording
+    # On CPU a training forward runs eager attention (SDPA has no fused CPU kernel for a mask that needs a
+    # gradient), so the SDPA calls are recorded in a no-grad forward there.
+    training = args.device != "cpu"
     try:
-        with autocast(args.device, True):
-            model(pixel_values).loss.backward()
+        with torch.set_grad_enabled(training), autocast(args.device, True):
+            loss = model(pixel_values).loss
+        if training:
+            loss.backward()
     finally:
         F.scaled_dot_product_attention = original
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -532,8 +538,8 @@ def markdown(rows: list[dict], statuses: dict, args, header: str) -> str:
         if params:
             out.append(f"Parameters: ours {params['ours_m']:.1f}M, torchvision {fmt(params['peer_m'])}M. "
                        "`fwd` runs under no_grad; `speed vs peer` = peer time / our time (> 1: ours faster)."
-                       + ("" if args.device == "cuda" else " CPU: ms of process CPU time (both threads), "
-                          "interleaved rounds, best kept."))
+                       + ("" if args.device == "cuda" else " CPU: interleaved rounds, best kept; "
+                          + ("ms of process CPU time (1 thread)." if args.threads == 1 else "wall ms.")))
             out.append("")
         out += ["| model | precision | mode | batch | ms | speed vs peer |", "|---|---|---|---|---|---|"]
         for r in by_part["encoder"]:
@@ -541,7 +547,7 @@ def markdown(rows: list[dict], statuses: dict, args, header: str) -> str:
                 out.append(f"| {r['what']} | {r['precision']} | {r['mode']} | {r['batch']} | {r['ms']:.1f} | "
                            f"{fmt(r['speed_vs_peer'], 2)}x |")
     if "attention" in by_part:
-        out += ["", "### Attention calls of one forward+backward (bf16 autocast) and the SDPA backend chosen", ""]
+        out += ["", "### Attention calls of one forward (+ backward on CUDA), bf16 autocast, and the SDPA backend chosen", ""]
         forced = sorted({k for r in by_part["attention"] for k in r if k.endswith("fwd+bwd ms")})
         out.append("| calls | q shape | q stride | dtype | mask shape | mask stride | mask grad | chosen | "
                    + " | ".join(forced) + (" |" if forced else ""))
@@ -578,6 +584,7 @@ def main(argv=None):
     parser.add_argument("--torchvision-path", default=None, help="side folder holding torchvision (CPU machine)")
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--compile-mode", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (1: time by process CPU time)")
     parser.add_argument("--out", default=None, help="folder for the table (default: $OUT, else benchmarks/results)")
     parser.add_argument("--in-process", action="store_true",
                         help="run the parts in this process, without time limits (quick CPU checks, tests)")
@@ -587,6 +594,8 @@ def main(argv=None):
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.batches = [int(b) for b in args.batches.split(",")] if isinstance(args.batches, str) else args.batches
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.run_part:
         PART_FUNCTIONS[args.run_part](args, sizes(args))
         return
@@ -597,7 +606,8 @@ def main(argv=None):
         parser.error(f"--parts: unknown {unknown}; expected a subset of {list(PARTS)}")
     child_argv = ["--device", args.device, "--compile-backend", args.compile_backend]
     for flag, value in (("--batches", args.batches and ",".join(map(str, args.batches))),
-                        ("--torchvision-path", args.torchvision_path), ("--compile-mode", args.compile_mode)):
+                        ("--torchvision-path", args.torchvision_path), ("--compile-mode", args.compile_mode),
+                        ("--threads", args.threads and str(args.threads))):
         if value:
             child_argv += [flag, value]
     if args.small:

@@ -41,17 +41,35 @@ def record_sdpa_masks(monkeypatch) -> list[torch.Tensor]:
 def test_every_attention_mask_has_unit_last_stride_for_the_fused_kernels(monkeypatch):
     # SDPA's fused CUDA kernels (cuDNN, memory-efficient) require attn_mask.stride(-1) == 1; a permuted bias sent the
     # unshifted blocks to the math path (the `softmax_warp_forward` kernels of the H200 profile).
+    # (No grad: training on CPU takes the eager path, see the next test; the mask's layout is the same.)
     model = STSwinMAEForPreTraining(tiny_config()).train()
     model.set_attn_implementation("sdpa")
     masks = record_sdpa_masks(monkeypatch)
     for autocast in (False, True):
         masks.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            model(torch.randn(2, 3, 4, 32, 32), mask_seed=0).loss.backward()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            model(torch.randn(2, 3, 4, 32, 32), mask_seed=0)
         assert len(masks) == sum(model.config.depths) + sum(model.config.decoder_depths)
         for mask in masks:
             assert mask.stride(-1) == 1, f"mask {tuple(mask.shape)} has strides {mask.stride()}"
             assert mask.dtype == (torch.bfloat16 if autocast else torch.float32)
+
+
+def test_cpu_training_runs_eager_attention_and_matches_sdpa(monkeypatch):
+    # On CPU, SDPA with a mask that needs a gradient (the learned bias) has no fused kernel and runs its slower math
+    # path; the model then runs eager attention, the same mathematics.
+    torch.manual_seed(0)
+    model = STSwinMAEForPreTraining(tiny_config()).train()
+    x = torch.randn(2, 3, 4, 32, 32)
+    masks = record_sdpa_masks(monkeypatch)
+    model.set_attn_implementation("sdpa")
+    loss_sdpa_setting = model(x, mask_seed=0).loss
+    assert masks == []
+    with torch.no_grad():
+        model(x, mask_seed=0)
+    assert masks, "without gradients the SDPA path is still taken"
+    model.set_attn_implementation("eager")
+    torch.testing.assert_close(model(x, mask_seed=0).loss, loss_sdpa_setting, rtol=0, atol=0)
 
 
 def test_relative_position_bias_is_the_table_entry_of_each_token_pair():
