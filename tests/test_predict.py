@@ -523,7 +523,9 @@ def test_help_and_argument_errors_do_not_import_torch_or_transformers():
         import sys
         from degas_hf_cli import main
         for argv in (["--help"], ["predict", "--help"], ["predict", "--model", "m", "-o", "o.tif", "--batch-size", "0",
-                                                         "in.tif"]):
+                                                         "in.tif"],
+                     ["pretrain", "--help"], ["finetune", "--help"], ["publish", "--help"], ["export", "--help"],
+                     ["prepare-ssl4eo", "--help"], ["demo", "--help"]):
             try:
                 main(argv)
             except SystemExit as exit:

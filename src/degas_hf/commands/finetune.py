@@ -17,7 +17,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..training.finetune import TASKS
+    from ..training.tasks import TASKS
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = "tasks:\n" + "\n".join(f"  {name:20s} {spec.description}" for name, spec in TASKS.items())

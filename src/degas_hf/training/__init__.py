@@ -23,7 +23,9 @@ _EXPORTS = {
     # fine-tuning
     "SegmentationDataCollator": ".collator",
     "FinetuneConfig": ".finetune",
-    "TASKS": ".finetune",
+    "TASKS": ".tasks",
+    "TaskSpec": ".tasks",
+    "resolve_task": ".tasks",
     "build_task_datasets": ".finetune",
     "load_model_for_task": ".finetune",
     "freeze_encoder": ".finetune",

@@ -856,19 +856,6 @@ def _tensorboard_image(accelerator, png_path: Path, step: int) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="YAML configuration (see configs/pretrain_degas_100m.yaml, "
-                        "docs/pretraining.md)")
-    # REMAINDER: overrides and options mix in any order (`CONFIG --resume a=1 b=2`); split in `_parse_command_line`
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
-                        help="overrides of config keys, e.g. train.max_steps=100 data.root=/data/ssl4eo-s12")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                        help="continue from the newest complete checkpoint in output_dir (or from CHECKPOINT)")
-    parser.add_argument("--output-dir", default=None, help="shortcut for output_dir=...")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing export_dir or a finished run in output_dir (overwrite=true)")
-
-
 def _looks_like_override(token: str | None) -> bool:
     return token is not None and "=" in token and not token.startswith("-") and not os.path.exists(token)
 
@@ -952,6 +939,8 @@ def _resolve_config(name: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..commands.pretrain import add_arguments
+
     parser = argparse.ArgumentParser(prog="python -m degas_hf.training.pretrain", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
