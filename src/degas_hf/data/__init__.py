@@ -3,7 +3,8 @@
 Downstream tasks (items: `pixel_values` (C, T, H, W), `valid_mask` (T, H, W), `labels` (H, W)):
 `Sen1Floods11`, `HLSBurnScars`, `MultiTemporalCropClassification`, `PhilEOBench`, `GeoTIFFSegmentationFolder`
 (users' own data), on the common base `GeoSegmentationDataset`. Pretraining: `SSL4EOS12Dataset`,
-`SSL4EOS12ZarrDataset`, `TimeSeriesFolderDataset`.
+`SSL4EOS12ZarrDataset`, `TimeSeriesFolderDataset`, and `PreparedDataset` (shards written once by
+`prepare_ssl4eo`, the fast path for long runs).
 
 Names are resolved lazily, so importing `degas_hf.data` does not import rasterio, datasets or the pretraining
 readers until they are used.
@@ -32,6 +33,9 @@ _EXPORTS = {
     "RasterSampleDataset": ".timeseries_folder",
     "DataError": ".timeseries_folder",
     "collate_pretraining": ".timeseries_folder",
+    "PreparedDataset": ".prepared",
+    "prepare_ssl4eo": ".prepared",
+    "verify_prepared": ".prepared",
 }
 
 __all__ = sorted(_EXPORTS)
