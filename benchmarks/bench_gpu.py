@@ -201,6 +201,51 @@ def pretrain_step(model, optimizer, pixel_values, device: str):
     return step
 
 
+@contextlib.contextmanager
+def fused_qkv_attention():
+    """A what-if, for timing only: the attention with ONE q/k/v GEMM (weights concatenated per call, parameters
+    unchanged) and one permute-copy for the shifted blocks' folded layout, instead of three of each. Outputs equal
+    the model's (checked bitwise on CPU); the model adopts it if this row is measurably faster on the GPU."""
+    import torch
+    import torch.nn.functional as F
+
+    from degas_hf.models.st_swin_mae import modeling_st_swin_mae as modeling
+
+    attention_class = modeling.STSwinMAESelfAttention
+    original = attention_class.forward
+
+    def forward(self, windows, window_size, shift_mask=None, output_attentions=False):
+        if output_attentions:
+            return original(self, windows, window_size, shift_mask, output_attentions)
+        batch_windows, tokens, channels = windows.shape
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        qkv = F.linear(windows, weight, bias).view(batch_windows, tokens, 3, self.num_heads, self.head_dim)
+        mask = self.relative_position_bias(window_size, windows.device).unsqueeze(0)
+        if shift_mask is not None:
+            num_windows = shift_mask.shape[0]
+            mask = (mask + shift_mask.unsqueeze(1)).reshape(1, num_windows * self.num_heads, tokens, tokens)
+            qkv = qkv.view(-1, num_windows, tokens, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
+            query, key, value = qkv.reshape(3, -1, num_windows * self.num_heads, tokens, self.head_dim).unbind(0)
+        else:
+            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        mask = mask.to(query.dtype)
+        interface = modeling.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
+                                                                  modeling.eager_attention_forward)
+        if query.device.type == "cpu" and mask.requires_grad:
+            interface = modeling.eager_attention_forward
+        output, _ = interface(self, query, key, value, mask, dropout=0.0, scaling=self.scaling, is_causal=False)
+        if shift_mask is not None:
+            output = output.view(-1, tokens, shift_mask.shape[0], self.num_heads, self.head_dim).transpose(1, 2)
+        return self.o_proj(output.reshape(batch_windows, tokens, channels)), None
+
+    attention_class.forward = forward
+    try:
+        yield
+    finally:
+        attention_class.forward = original
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Parts
 # ------------------------------------------------------------------------------------------------------------
@@ -241,14 +286,17 @@ def part_pretrain(args, s):
     emit(dict(part="pretrain", what="model", params_m=params / 1e6, gflop_per_sample=flops_per_sample / 1e9,
               optimizer=kind))
 
-    def run(batch, label, attention="sdpa", checkpointing=False):
+    def run(batch, label, attention="sdpa", checkpointing=False, fused_qkv=False):
         model.set_attn_implementation(attention)
+        patch = fused_qkv_attention() if fused_qkv else contextlib.nullcontext()
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         reset_peak(args.device)
         try:
             pixel_values = torch.randn(batch, *shape, device=args.device)
-            seconds = timed(pretrain_step(model, optimizer, pixel_values, args.device), args.device, s["warmup"], s["repeats"])
+            with patch:
+                seconds = timed(pretrain_step(model, optimizer, pixel_values, args.device), args.device, s["warmup"],
+                                s["repeats"])
         except torch.OutOfMemoryError:
             emit(dict(part="pretrain", what=label, batch=batch, error="out of memory"))
             return False
@@ -268,6 +316,7 @@ def part_pretrain(args, s):
         largest = batch
     if largest is not None and not args.small:
         run(min(64, largest) if args.device == "cuda" else largest, "step, eager attention", attention="eager")
+        run(min(64, largest) if args.device == "cuda" else largest, "step, SDPA, fused qkv (what-if)", fused_qkv=True)
         run(largest * 2 if args.device == "cuda" else largest, "step, SDPA, activation checkpointing", checkpointing=True)
 
 

@@ -149,3 +149,20 @@ def test_bench_gpu_small_writes_its_table(tmp_path):
     # Every attention call of the tiny model is listed with the mask layout SDPA saw: unit last stride.
     attention_rows = [line for line in table.splitlines() if line.startswith("| ") and "torch.bfloat16" in line]
     assert attention_rows and all(row.split("|")[6].strip().endswith(", 1)") for row in attention_rows)
+
+
+def test_bench_gpu_fused_qkv_what_if_equals_the_model():
+    # The benchmark's fused-qkv row times a patched attention; it must compute the model's outputs.
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = STSwinMAEModel(tiny_config()).eval()
+    x = torch.randn(2, 3, 4, 40, 36)
+    original = modeling.STSwinMAESelfAttention.forward
+    with torch.no_grad():
+        expected = model(x).last_hidden_state
+        with bench.fused_qkv_attention():
+            assert modeling.STSwinMAESelfAttention.forward is not original
+            patched = model(x).last_hidden_state
+    assert modeling.STSwinMAESelfAttention.forward is original
+    torch.testing.assert_close(patched, expected, rtol=1e-5, atol=1e-5)
