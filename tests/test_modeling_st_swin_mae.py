@@ -652,3 +652,16 @@ def test_bool_masked_pos_and_noise_in_the_flat_videomae_form():
         assert torch.equal(mask, masks[0])
     with pytest.raises(ValueError, match=r"one value per token \(batch_size, num_patches\) = \(2, 128\)"):
         model(x, noise=torch.rand(2, 33))
+
+
+@pytest.mark.parametrize("model_class", [STSwinMAEModel, STSwinUNetForSemanticSegmentation])
+def test_saved_weights_follow_the_umask(tmp_path, model_class):
+    """safetensors writes weights 0600; every folder a model is saved to (fine-tuning, the demo, user code) gets the
+    umask's permissions like its config.json, so a shared or published folder is readable."""
+    old_umask = os.umask(0o022)
+    try:
+        model_class(tiny_config()).save_pretrained(tmp_path / "model")
+        for name in ("model.safetensors", "config.json"):
+            assert (tmp_path / "model" / name).stat().st_mode & 0o777 == 0o644, name
+    finally:
+        os.umask(old_umask)

@@ -352,14 +352,11 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, path: str | os.Pat
 
 
 def umask_permissions(folder: str | os.PathLike) -> None:
-    """Give files the permissions the user's umask allows (safetensors' `save_file` creates them 0600, unlike every
-    other file we write)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    mode = 0o666 & ~mask
-    for p in Path(folder).rglob("*"):
-        if p.is_file() and not p.is_symlink() and (p.stat().st_mode & 0o777) == 0o600 and mode != 0o600:
-            os.chmod(p, mode)
+    """Give every file of `folder` the permissions the user's umask allows (optimizer and RNG states are written by
+    safetensors too, 0600)."""
+    from ..models.st_swin_mae.modeling_st_swin_mae import follow_umask
+
+    follow_umask(Path(folder).rglob("*"))
 
 
 def clean_temporary(output_dir: str | os.PathLike) -> None:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -276,6 +278,18 @@ def hidden_state_outputs(
     if output_attentions:
         outputs["attentions"] = encoder_outputs.attentions
     return outputs
+
+
+def follow_umask(paths) -> None:
+    """Give files the permissions the user's umask allows: safetensors writes weights 0600, unlike every other file
+    a save writes, so a shared or published model folder would otherwise hold weights only their writer can read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask
+    for path in paths:
+        path = Path(path)
+        if path.is_file() and not path.is_symlink() and (path.stat().st_mode & 0o777) == 0o600 != mode:
+            os.chmod(path, mode)
 
 
 def drop_path(hidden_states: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
@@ -768,7 +782,9 @@ class STSwinMAEPreTrainedModel(PreTrainedModel):
             auto_map.setdefault("AutoConfig", "configuration_st_swin_mae.STSwinMAEConfig")
             auto_map.setdefault("AutoModel", "modeling_st_swin_mae.STSwinMAEModel")
             self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        follow_umask(Path(save_directory).glob("*.safetensors"))
+        return result
 
     def _checks_data(self) -> bool:
         """Whether checks that read tensor values (a host sync; a graph break or a failed export) run now: in eager
