@@ -746,7 +746,10 @@ def train(cfg: PretrainConfig, resume: str | bool | None = None, return_model: b
             pixel_values = batch["pixel_values"].to(accelerator.device, non_blocking=True)
             valid_mask = batch["valid_mask"].to(accelerator.device, non_blocking=True)
         grid = tuple(-(-s // p) for s, p in zip(pixel_values.shape[2:], model_config.patch_size))
-        noise = sample_noise(batch["mask_seed"], math.prod(unwrapped.num_mask_units(grid))).to(accelerator.device)
+        noise = sample_noise(batch["mask_seed"], math.prod(unwrapped.num_mask_units(grid)))
+        if accelerator.device.type == "cuda":  # a pageable host-to-device copy would block the host every step
+            noise = noise.pin_memory()
+        noise = noise.to(accelerator.device, non_blocking=True)
         with accelerator.accumulate(model):
             out = model(pixel_values=pixel_values, valid_mask=valid_mask, noise=noise)
             loss = out.loss
