@@ -156,6 +156,15 @@ def test_cloud_optimized_output_with_overviews_and_colour_table(tmp_path):
         write_geotiff(tmp_path / "f.tif", np.zeros((4, 4), np.float32), colormap={0: (0, 0, 0)})
 
 
+def test_cloud_optimized_writer_failing_to_open_leaves_no_temporary(tmp_path):
+    """A COG writer keeps a working copy beside the temporary output; a failure while setting it up (here band tags
+    for a band that does not exist) must remove both, not only the output's temporary."""
+    with pytest.raises(IndexError):
+        with GeoTiffWriter(tmp_path / "out.tif", 8, 8, 1, "uint8", cog=True, band_tags=[{}, {"a": "b"}]):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     import os
 

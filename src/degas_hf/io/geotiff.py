@@ -572,6 +572,11 @@ class GeoTiffWriter:
                 if band:
                     self._dataset.update_tags(index, **{str(k): str(v) for k, v in band.items()})
         except BaseException:
+            if self._dataset is not None:
+                with contextlib.suppress(Exception):
+                    self._dataset.close()
+            if self._work is not None:
+                _remove_temporary(self._work)
             self._context.__exit__(*sys.exc_info())
             raise
         return self
