@@ -79,7 +79,10 @@ def test_torch_export_file_matches_eager(folders, tmp_path):
 def test_export_refuses_bad_requests_with_one_line(folders, tmp_path, capsys):
     existing = tmp_path / "model.onnx"
     existing.write_bytes(b"keep me")
+    (tmp_path / "folder.pt2").mkdir()
     cases = [
+        (["--output", str(tmp_path / "folder.pt2"), "--format", "torch-export", "--overwrite"],
+         "is a folder, expected a file name"),
         (["--output", str(existing)], "exists; pass --overwrite"),
         (["--output", str(tmp_path / "model.pt2")], "must end with .onnx for --format onnx"),
         (["--format", "torch-export", "--output", str(tmp_path / "m.onnx")], "must end with .pt2"),
@@ -97,7 +100,8 @@ def test_export_refuses_bad_requests_with_one_line(folders, tmp_path, capsys):
     assert "not a fine-tuned STSwinUNetForSemanticSegmentation" in capsys.readouterr().err
     assert cli_main(["export", str(tmp_path / "nothing-here"), "--output", str(tmp_path / "y.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.pt2", "model.onnx"]
+    assert list((tmp_path / "folder.pt2").iterdir()) == []
 
 
 def test_docs_export_snippets_run_as_written(folders, tmp_path, monkeypatch):

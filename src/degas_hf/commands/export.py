@@ -172,6 +172,8 @@ def export_model(
         raise ValueError(f"--output must end with {FORMATS[format]} for --format {format}, got {output.name!r}")
     if not output.parent.is_dir():
         raise ValueError(f"--output: folder {str(output.parent)!r} does not exist")
+    if output.is_dir():
+        raise ValueError(f"--output {str(output)!r} is a folder, expected a file name")
     if output.exists() and not overwrite:
         raise ValueError(f"--output {str(output)!r} exists; pass --overwrite to replace it")
     if format == "onnx":
@@ -261,6 +263,8 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix.lower() != FORMATS[args.format]:
         return _error(f"--output must end with {FORMATS[args.format]} for --format {args.format}, got {output.name!r}")
+    if output.is_dir():
+        return _error(f"--output {str(output)!r} is a folder, expected a file name")
     if output.exists() and not args.overwrite:
         return _error(f"--output {str(output)!r} exists; pass --overwrite to replace it")
     if not output.parent.is_dir():
