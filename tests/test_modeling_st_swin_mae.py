@@ -665,3 +665,18 @@ def test_saved_weights_follow_the_umask(tmp_path, model_class):
             assert (tmp_path / "model" / name).stat().st_mode & 0o777 == 0o644, name
     finally:
         os.umask(old_umask)
+
+
+def test_from_pretrained_overrides_are_normalised_and_checked(tmp_path):
+    """Keyword overrides of `from_pretrained` go through the same normalisation and checks as the constructor
+    (transformers would set them as raw attributes after __init__: an int window_size then failed in the model with
+    a TypeError, an impossible mask_ratio was kept)."""
+    tiny_config().save_pretrained(tmp_path)
+    config = STSwinMAEConfig.from_pretrained(tmp_path, window_size=2, num_frames=3)
+    assert config.window_size == tiny_config(window_size=2).window_size == [2, 2, 2] and config.num_frames == 3
+    with pytest.raises(ValueError, match="`mask_ratio` must be"):
+        STSwinMAEConfig.from_pretrained(tmp_path, mask_ratio=1.5)
+    with pytest.raises(ValueError, match="`window_size` must hold"):
+        STSwinMAEConfig.from_pretrained(tmp_path, window_size=0)
+    config, unused = STSwinMAEConfig.from_pretrained(tmp_path, mask_ratio=0.5, foo=1, return_unused_kwargs=True)
+    assert config.mask_ratio == 0.5 and unused == {"foo": 1}

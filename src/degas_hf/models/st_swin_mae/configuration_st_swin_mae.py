@@ -4,6 +4,8 @@ This file is Hub-bound: it is copied next to the weights by ``save_pretrained`` 
 ``trust_remote_code=True``, so it imports nothing beyond the standard library and transformers.
 """
 
+import inspect
+
 from transformers import PretrainedConfig
 
 # The degas-100m architecture (docs: architecture.md). `STSwinMAEConfig()` equals this preset.
@@ -266,6 +268,14 @@ class STSwinMAEConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; expected one of {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # transformers sets keyword overrides (`from_pretrained(path, window_size=7)`) as raw attributes after
+        # __init__, skipping its normalisation and `_check`: our own fields go through __init__ instead.
+        fields = inspect.signature(cls.__init__).parameters.keys() - {"self", "kwargs"}
+        own = {key: kwargs.pop(key) for key in list(kwargs) if key in fields}
+        return super().from_dict({**config_dict, **own}, **kwargs)
 
     def to_dict(self):
         output = super().to_dict()
