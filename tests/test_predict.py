@@ -538,3 +538,22 @@ def test_help_and_argument_errors_do_not_import_torch_or_transformers():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "light" in done.stdout, done.stderr[-2000:]
     assert "argument --batch-size: expected an integer >= 1, got 0" in done.stderr
+
+
+def test_a_model_that_cannot_be_placed_leaves_no_writer_thread(monkeypatch):
+    """The replicas are made before the writer thread starts: an error there (here compile_model failing) is raised
+    and leaves no 'degas-write' thread blocked for the life of the process."""
+    import threading
+
+    from degas_hf.training import compile as compile_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("compile failed")
+
+    monkeypatch.setattr(compile_module, "compile_model", broken)
+    processor = STSwinMAEImageProcessor.from_preset("ssl4eo-s12-l1c", band_names=BANDS6)
+    predictor = SlidingWindowPredictor(tiny_segmentation_model(num_labels=3), processor, window_size=16, overlap=4,
+                                       progress=False, compile=True)
+    with pytest.raises(RuntimeError, match="compile failed"):
+        predictor.predict(np.random.rand(4, 6, 40, 40).astype(np.float32))
+    assert not [t for t in threading.enumerate() if t.name == "degas-write" and t.is_alive()]

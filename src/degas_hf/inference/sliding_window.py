@@ -730,6 +730,8 @@ class SlidingWindowPredictor:
         from tqdm.auto import tqdm
 
         groups = split_window_rows(len(plan.rows), len(self.devices))
+        for device in self.devices[: len(groups)]:
+            self._replica(device)  # before any thread starts: copies are not made concurrently
         workers = self.num_workers if getattr(source, "thread_safe_reads", False) else min(self.num_workers, 1)
         workers_per_device = max(1, workers // len(groups)) if workers else 0
         bar = tqdm(total=len(plan.rows) * len(plan.cols), desc="windows", unit="win", disable=not self.progress)
@@ -743,8 +745,6 @@ class SlidingWindowPredictor:
                 num_labels, layout, writer, workers_per_device, bar, stop,
             ))
 
-        for device in self.devices[: len(groups)]:
-            self._replica(device)  # copies made here, not concurrently in the device threads
         try:
             if len(groups) == 1:
                 run_group(self.devices[0], *groups[0])
