@@ -165,6 +165,28 @@ def test_cloud_optimized_writer_failing_to_open_leaves_no_temporary(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_reads_from_short_lived_threads_do_not_accumulate_open_files():
+    """Each predict call reads through new reader threads; the handles of threads that have ended are closed when
+    another thread opens its own, so predicting many times over one open series does not run out of files."""
+    import os
+    import threading
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("counts open files through /proc/self/fd")
+
+    def read_in_a_thread(series):
+        thread = threading.Thread(target=series.read, kwargs=dict(height=8, width=8))
+        thread.start()
+        thread.join()
+
+    with GeoTiffTimeSeries([str(p) for p in LSTS], band_names=["RED"]) as series:
+        read_in_a_thread(series)
+        opened = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            read_in_a_thread(series)
+        assert len(os.listdir("/proc/self/fd")) <= opened
+
+
 def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     import os
 

@@ -209,7 +209,7 @@ class GeoTiffTimeSeries:
             band_names = date_major_band_names(first.descriptions, frames_per_file)
         self.band_names = band_names
         self._local = threading.local()  # per-thread GDAL handles
-        self._all_handles: list[list[rasterio.DatasetReader]] = []
+        self._all_handles: list[tuple[threading.Thread, list[rasterio.DatasetReader]]] = []
         self._handles_lock = threading.Lock()
         with _open(paths[0]) as src:
             self.profile = dict(src.profile)
@@ -220,19 +220,25 @@ class GeoTiffTimeSeries:
         return self
 
     def _thread_datasets(self) -> list[rasterio.DatasetReader]:
-        """This thread's handles on every file, opened on first use."""
+        """This thread's handles on every file, opened on first use; those of threads that have ended are closed
+        then (each predict call reads through new threads)."""
         datasets = getattr(self._local, "datasets", None)
         if datasets is None or datasets[0].closed:
             datasets = [_open(p) for p in self.paths]
             self._local.datasets = datasets
             with self._handles_lock:
-                self._all_handles.append(datasets)
+                ended = [handles for thread, handles in self._all_handles if not thread.is_alive()]
+                self._all_handles = [(t, h) for t, h in self._all_handles if t.is_alive()]
+                self._all_handles.append((threading.current_thread(), datasets))
+            for handles in ended:
+                for dataset in handles:
+                    dataset.close()
         return datasets
 
     def close(self) -> None:
         with self._handles_lock:
             handles, self._all_handles = self._all_handles, []
-        for datasets in handles:
+        for _, datasets in handles:
             for dataset in datasets:
                 dataset.close()
         self._local = threading.local()
