@@ -467,3 +467,14 @@ def test_train_compile_uses_compile_model(tmp_path, synthetic_root, monkeypatch)
     train(load_config(None, base_overrides(synthetic_root, tmp_path / "c", train__compile="true", train__max_steps=1,
                                            checkpoint__save_every=0)))
     assert calls == ["STSwinMAEForPreTraining"]
+
+
+def test_null_counts_are_off_or_one_line_errors(tmp_path):
+    """`null` for a count that means "off" when 0 (as the code before the range checks took it) is still accepted;
+    for a count that needs a number it is a ConfigError, not a TypeError traceback."""
+    base = base_overrides(tmp_path, tmp_path / "run")
+    for key in ("checkpoint.keep_last", "checkpoint.save_every", "logging.figure_every", "data.prefetch_factor"):
+        load_config(None, base + [f"{key}=null"])
+    for key in ("data.samples_per_item", "data.num_workers", "data.shuffle_shards"):
+        with pytest.raises(ConfigError, match=rf"{key} must be"):
+            load_config(None, base + [f"{key}=null"])

@@ -294,7 +294,9 @@ def _check(cfg: PretrainConfig) -> None:
                               ("data", "prefetch_factor", 1), ("checkpoint", "save_every", 0),
                               ("checkpoint", "keep_last", 0), ("logging", "figure_every", 0)):
         value = getattr(getattr(cfg, section), key)
-        if value < low:
+        if value is None and key in ("save_every", "keep_last", "figure_every", "prefetch_factor"):
+            continue  # null: off / keep all / DataLoader's default, as before these checks
+        if value is None or value < low:
             extra = " (0 keeps every checkpoint)" if key == "keep_last" else ""
             raise ConfigError(f"{section}.{key} must be >= {low}{extra}, got {value}")
     if not cfg.data.root:
