@@ -478,3 +478,25 @@ def test_null_counts_are_off_or_one_line_errors(tmp_path):
     for key in ("data.samples_per_item", "data.num_workers", "data.shuffle_shards"):
         with pytest.raises(ConfigError, match=rf"{key} must be"):
             load_config(None, base + [f"{key}=null"])
+
+
+def test_crafted_scaler_state_is_a_checkpoint_error(tmp_path, synthetic_root):
+    """fp16 runs restore `scaler.pt` with the weights-only loader too: a crafted file is one CheckpointError line
+    (like a crafted optimizer.bin), not an UnpicklingError traceback, and it does not run."""
+    from types import SimpleNamespace
+
+    from degas_hf.models.st_swin_mae.modeling_st_swin_mae import STSwinMAEForPreTraining
+    from degas_hf.training.pretrain import param_groups
+
+    run = tmp_path / "run"
+    train(load_config(None, base_overrides(synthetic_root, run, train__max_steps=2)))
+    checkpoint = run / "checkpoint-00000002"
+    marker = tmp_path / "pwned"
+    torch.save({"scale": _Payload(marker)}, checkpoint / "scaler.pt")
+    model = STSwinMAEForPreTraining.from_pretrained(run / "final")
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05))
+    accelerator = SimpleNamespace(distributed_type="NO", process_index=0, unwrap_model=lambda m: m,
+                                  scaler=torch.amp.GradScaler("cpu"))
+    with pytest.raises(ck.CheckpointError, match="scaler.pt is not a plain tensor file"):
+        ck.load_checkpoint(accelerator, model, optimizer, None, checkpoint)
+    assert not marker.exists()

@@ -334,7 +334,12 @@ def load_checkpoint(accelerator, model, optimizer, scheduler, path: str | os.Pat
                                   f"({str(err).splitlines()[0]})") from None
         scaler = getattr(accelerator, "scaler", None)
         if scaler is not None and (path / "scaler.pt").is_file():
-            scaler.load_state_dict(torch.load(path / "scaler.pt", map_location="cpu", weights_only=True))
+            try:
+                scaler_state = torch.load(path / "scaler.pt", map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - as for optimizer.bin
+                raise CheckpointError(f"cannot resume from {path}: scaler.pt is not a plain tensor file "
+                                      f"(refused, nothing was executed): {str(err).splitlines()[0]}") from None
+            scaler.load_state_dict(scaler_state)
     if scheduler is not None:
         if "scheduler" in state:
             scheduler.load_state_dict(state["scheduler"])
