@@ -147,6 +147,20 @@ def test_cli_writes_georeferenced_classes_probabilities_and_quicklook(model_dir,
     assert (out.parent / "pred.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+
+def test_cli_keeps_existing_outputs_unless_overwrite(model_dir, tmp_path, capsys):
+    """A second run into the same --output must not silently replace the first run's class map or quicklook."""
+    inputs = write_series(tmp_path, num_dates=4, height=40, width=40)
+    out = tmp_path / "pred.tif"
+    assert _run("--model", model_dir, "--output", out, *inputs, "--window", 32, "--overlap", 8) == 0
+    before = {p.name: p.read_bytes() for p in (out, out.with_suffix(".png"))}
+    capsys.readouterr()
+    assert _run("--model", model_dir, "--output", out, *inputs, "--window", 32, "--overlap", 8) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and "pred.tif" in err[0], err
+    assert {p.name: p.read_bytes() for p in (out, out.with_suffix(".png"))} == before
+    assert _run("--model", model_dir, "--output", out, *inputs, "--window", 32, "--overlap", 8, "--overwrite") == 0
+
 def test_cli_on_real_landsat_series(tmp_path):
     model_dir = tmp_path / "model"
     model = tiny_segmentation_model(num_labels=2, band_names=("RED", "NIR", "SWIR1"))
@@ -390,11 +404,12 @@ def test_cli_band_names_space_or_comma_separated(model_dir, tmp_path, capsys):
     inputs = write_series(tmp_path, num_dates=4, height=24, width=24, band_names=[f"Band {i}" for i in range(6)])
     for names in (BANDS6, [",".join(BANDS6)]):
         assert _run("--model", model_dir, "--output", tmp_path / "o.tif", *inputs, "--band-names", *names,
-                    "--no-quicklook", "--window", 24, "--overlap", 8) == 0
+                    "--no-quicklook", "--window", 24, "--overlap", 8, "--overwrite") == 0
     assert _run("--model", model_dir, "--output", tmp_path / "o.tif", inputs[0], "--band-names", "B02",
                 *map(str, inputs[1:])) == 2
     assert "--band-names took" in capsys.readouterr().err
-    assert _run("--model", model_dir, "--output", tmp_path / "o.tif", *inputs, "--band-names", "B02,B03") == 2
+    assert _run("--model", model_dir, "--output", tmp_path / "o.tif", *inputs, "--band-names", "B02,B03",
+                "--overwrite") == 2
     err = capsys.readouterr().err
     assert "--band-names names 2 bands" in err and "`band_names`" not in err  # the flag, not the Python argument
 

@@ -92,6 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs (with overviews)")
     parser.add_argument("--allow-untrained-head", action="store_true",
                         help="predict with a folder whose segmentation head is untrained (random classes)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs (OUT.tif, OUT.probabilities.tif, OUT.png) that already exist")
     parser.add_argument("--no-quicklook", action="store_true", help="do not write the PNG quicklook")
     parser.add_argument("--quicklook-size", type=_int_at_least(16), default=1024,
                         help="long side of the quicklook in pixels")
@@ -162,10 +164,13 @@ def run(args: argparse.Namespace) -> int:
 
         transformers_logging.disable_progress_bar()  # "Loading weights" bars
     try:  # before loading anything: each message names the flag
-        output_paths(args.output, probabilities=args.probabilities, quicklook=not args.no_quicklook)
+        outputs = output_paths(args.output, probabilities=args.probabilities, quicklook=not args.no_quicklook)
         check_output_path(args.output)
     except ValueError as err:
         return _error(f"--output: {err}")
+    existing = [str(path) for path in outputs.values() if path.exists()]
+    if existing and not args.overwrite:
+        return _error(f"--output: {', '.join(existing)} already exist(s); pass --overwrite to replace")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         devices = resolve_devices(device, args.devices if args.devices > 1 else None)
