@@ -450,9 +450,9 @@ def test_cli_refuses_broken_or_untrained_model_folders(model_dir, pretrained_dir
 
     cases = [
         (folder("nan", nan_weights), "not finite"),
-        (folder("truncated", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])), "unreadable"),
-        (folder("garbled", lambda p: p.write_bytes(b"\x00garbage" * 64)), "unreadable"),
-        (folder("no_weights", lambda p: p.unlink()), "has no weights"),
+        (folder("truncated", lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])), "truncated or corrupted"),
+        (folder("garbled", lambda p: p.write_bytes(b"\x00garbage" * 64)), "not a readable safetensors file"),
+        (folder("no_weights", lambda p: p.unlink()), "no model.safetensors"),
         (folder("pickle", pickle_only), "only pickle weights"),
         (pretrained_dir, "no trained segmentation head"),
         (tmp_path / "missing_folder", "does not exist"),

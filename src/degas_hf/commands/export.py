@@ -112,7 +112,8 @@ def graph_module(model, head: str):
 def load_for_export(model_path, head: str = "auto"):
     """The model of `head` ("auto", "encoder" or "segmentation") from a save_pretrained folder, in eval mode, after
     the folder checks of `degas-hf predict` (config, safetensors only, readable weights). Returns (model, head)."""
-    from ..inference.loading import _check_weight_files, resolve_model_folder
+    from ..hub.folder import check_safetensors_weights
+    from ..inference.loading import resolve_model_folder
 
     folder = resolve_model_folder(model_path)
     config_file = folder / "config.json"
@@ -125,7 +126,7 @@ def load_for_export(model_path, head: str = "auto"):
     if not isinstance(config, dict) or config.get("model_type") != "st_swin_mae":
         found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
         raise ValueError(f"Model folder {str(folder)!r} is not an ST-SwinMAE model (model_type {found!r})")
-    _check_weight_files(folder)
+    check_safetensors_weights(folder, what=f"Model folder {str(folder)!r}")
     architectures = config.get("architectures") or []
     if head == "auto":
         head = "segmentation" if SEGMENTATION_ARCHITECTURE in architectures else "encoder"

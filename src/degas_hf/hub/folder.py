@@ -7,8 +7,12 @@ degas_hf is absent.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+# Weight files that only unpickling can read (which can run code): never loaded, only named in the error.
+_PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def prepare_hub_folder(model, processor, folder: str | os.PathLike, *, safe_serialization: bool = True) -> Path:
@@ -37,7 +41,46 @@ def prepare_hub_folder(model, processor, folder: str | os.PathLike, *, safe_seri
     return folder
 
 
-__all__ = ["prepare_hub_folder"]
+def check_safetensors_weights(folder: str | os.PathLike, what: str | None = None) -> list[Path]:
+    """The safetensors weight files of a model folder, each opened and its header read; raises a ValueError (one
+    line) when they are missing, truncated, garbled, or when the folder only holds pickle weights."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    what = what or str(folder)
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{what}: {index.name} is not a valid weights index ({err})") from None
+        files = [folder / n for n in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ValueError(f"{what}: weight shards {missing} listed in {index.name} are missing")
+    else:
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in _PICKLE_WEIGHTS)
+        if pickles:
+            raise ValueError(
+                f"{what}: the folder holds only pickle weights ({', '.join(pickles)}); degas-hf loads safetensors "
+                "only (unpickling can run code): convert them with save_pretrained(safe_serialization=True)"
+            )
+        raise ValueError(f"{what}: no model.safetensors (nor model.safetensors.index.json) in the folder")
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as weights:
+                keys = list(weights.keys())  # opening checks the header and that the data fits the file
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types for a damaged file
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{what}: {file.name} is not a readable safetensors file (truncated or corrupted: {reason})") from None
+        if not keys:
+            raise ValueError(f"{what}: {file.name} holds no tensors")
+    return files
+
+
+__all__ = ["check_safetensors_weights", "prepare_hub_folder"]
 
 
 # ----------------------------------------------------------------------------------------------- tiny demo folders

@@ -23,12 +23,13 @@ import os
 import re
 from pathlib import Path
 
+from ..hub.folder import check_safetensors_weights
+
 __all__ = ["SEGMENTATION_ARCHITECTURE", "load_model_for_inference", "resolve_model_folder"]
 
 logger = logging.getLogger(__name__)
 
 SEGMENTATION_ARCHITECTURE = "STSwinUNetForSemanticSegmentation"
-_PICKLE_WEIGHTS = ("pytorch_model.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt", "pytorch_model-*.bin")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -58,39 +59,6 @@ def resolve_model_folder(path_or_repo_id) -> Path:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"Model {text!r} is not a folder, and was not found {where}: {first_line}") from None
     return Path(folder)
-
-
-def _check_weight_files(folder: Path) -> list[Path]:
-    """The safetensors files of `folder`, each opened to check its header and size; pickle-only folders refused."""
-    from safetensors import SafetensorError, safe_open
-
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{str(index)!r} is not a valid safetensors index: {err}") from None
-        files = [folder / name for name in names]
-    else:
-        files = [folder / "model.safetensors"]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        pickles = sorted({p.name for pattern in _PICKLE_WEIGHTS for p in folder.glob(pattern)})
-        if pickles:
-            raise ValueError(
-                f"Model folder {str(folder)!r} holds only pickle weights {pickles}; degas-hf loads safetensors only "
-                "(pickles can run code). Convert them with safetensors, or save the model with save_pretrained"
-            )
-        raise ValueError(f"Model folder {str(folder)!r} has no weights: {missing} not found")
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                keys = list(handle.keys())
-                if keys:  # reading one tensor checks that the data behind the header is there
-                    handle.get_slice(keys[-1])
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"Weights {str(file)!r} are unreadable (truncated or corrupt file?): {err}") from None
-    return files
 
 
 def _check_finite(model) -> None:
@@ -133,7 +101,7 @@ def load_model_for_inference(
             raise ValueError(f"expected a JSON object, found {type(config).__name__}")
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{str(config_file)!r} is not valid JSON: {err}") from None
-    _check_weight_files(folder)
+    check_safetensors_weights(folder, what=f"Model folder {str(folder)!r}")
 
     import degas_hf  # noqa: F401  (registers the Auto classes)
 

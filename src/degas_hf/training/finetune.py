@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..data.base import CLASSIFICATION, IGNORE_INDEX, REGRESSION, GeoSegmentationDataset, TaskInfo, class_weights_from_counts
+from ..hub.folder import check_safetensors_weights
 from .collator import SegmentationDataCollator
 from .metrics import (
     RegressionMetrics,
@@ -222,7 +223,6 @@ def load_base_config(model: str):
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def check_model_source(model: str) -> None:
@@ -243,45 +243,6 @@ def check_model_source(model: str) -> None:
     if not (path / "config.json").is_file():
         raise ValueError(f"--model {model!r}: the folder has no config.json (expected a folder written by save_pretrained)")
     check_safetensors_weights(path, what=f"--model {model!r}")
-
-
-def check_safetensors_weights(folder: str | Path, what: str | None = None) -> list[Path]:
-    """The safetensors weight files of a model folder, each opened and its header read; raises a ValueError (one
-    line) when they are missing, truncated, garbled, or when the folder only holds pickle weights."""
-    from safetensors import safe_open
-
-    folder = Path(folder)
-    what = what or str(folder)
-    index = folder / "model.safetensors.index.json"
-    if (folder / "model.safetensors").is_file():
-        files = [folder / "model.safetensors"]
-    elif index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"{what}: {index.name} is not a valid weights index ({err})") from None
-        files = [folder / n for n in names]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise ValueError(f"{what}: weight shards {missing} listed in {index.name} are missing")
-    else:
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in _PICKLE_WEIGHTS)
-        if pickles:
-            raise ValueError(
-                f"{what}: the folder holds only pickle weights ({', '.join(pickles)}); degas-hf loads safetensors "
-                "only (unpickling can run code): convert them with save_pretrained(safe_serialization=True)"
-            )
-        raise ValueError(f"{what}: no model.safetensors (nor model.safetensors.index.json) in the folder")
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as weights:
-                keys = list(weights.keys())  # opening checks the header and that the data fits the file
-        except Exception as err:  # noqa: BLE001 - safetensors raises several types for a damaged file
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"{what}: {file.name} is not a readable safetensors file (truncated or corrupted: {reason})") from None
-        if not keys:
-            raise ValueError(f"{what}: {file.name} holds no tensors")
-    return files
 
 
 def task_config_overrides(info: TaskInfo, bands: Sequence[str] | None = None) -> dict[str, Any]:
