@@ -29,22 +29,11 @@ import os
 import sys
 from pathlib import Path
 
+from ._arguments import int_at_least
+
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
 HEADS = ("auto", "encoder", "segmentation")
 SEGMENTATION_ARCHITECTURE = "STSwinUNetForSemanticSegmentation"
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def _positive_float(text: str) -> float:
@@ -63,10 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=tuple(FORMATS), default="onnx", help="onnx (default) or torch-export")
     parser.add_argument("--head", choices=HEADS, default="auto",
                         help="what to export: the segmentation model or the encoder (default: from config.architectures)")
-    parser.add_argument("--frames", type=_int_at_least(1), default=None, help="dates T (default: config.num_frames)")
-    parser.add_argument("--height", type=_int_at_least(1), default=None, help="pixels (default: config.image_size)")
-    parser.add_argument("--width", type=_int_at_least(1), default=None, help="pixels (default: config.image_size)")
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=2,
+    parser.add_argument("--frames", type=int_at_least(1), default=None, help="dates T (default: config.num_frames)")
+    parser.add_argument("--height", type=int_at_least(1), default=None, help="pixels (default: config.image_size)")
+    parser.add_argument("--width", type=int_at_least(1), default=None, help="pixels (default: config.image_size)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=2,
                         help="example batch for tracing (default 2; the batch stays dynamic unless --static-batch)")
     parser.add_argument("--static-batch", action="store_true", help="fix the batch size to --batch-size")
     parser.add_argument("--tolerance", type=_positive_float, default=1e-4,

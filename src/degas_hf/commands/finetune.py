@@ -15,6 +15,8 @@ import errno
 import json
 import sys
 
+from ._arguments import band_name_list as split_band_names
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..training.tasks import TASKS
@@ -71,13 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--regression", action="store_true", help="generic: float targets")
     data.add_argument("--label-suffix", default=None, help="generic: label file = <name><suffix>.tif (default: '' in labels/, '_label' beside <name>_input.tif)")
     data.add_argument("--dataset-kwargs", default=None, help="JSON object of further reader arguments")
-
-
-def split_band_names(values: list[str] | None) -> list[str] | None:
-    """`--band-names` as given: space-separated words, each of which may hold comma-separated names."""
-    if values is None:
-        return None
-    return [name.strip() for value in values for name in str(value).split(",") if name.strip()]
 
 
 def _check_generic_flags(args: argparse.Namespace) -> None:

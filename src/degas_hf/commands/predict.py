@@ -20,6 +20,8 @@ import os
 import signal
 import sys
 
+from ._arguments import band_name_list, int_at_least
+
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")
 
 
@@ -31,26 +33,6 @@ def _window(text: str):
     if not parts or len(parts) > 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"expected N or HxW pixels (>= 1), got {text!r}")
     return parts[0] if len(parts) == 1 else tuple(parts)
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def band_name_list(values) -> list[str] | None:
-    """`--band-names` as given: space-separated (`B02 B03`), comma-separated (`B02,B03`) or both."""
-    if values is None:
-        return None
-    return [name.strip() for value in values for name in str(value).split(",") if name.strip()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,16 +47,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--band-names", nargs="+", default=None, metavar="NAME",
         help="names of the input bands, in file order: space- or comma-separated (default: the band descriptions)",
     )
-    parser.add_argument("--frames-per-file", type=_int_at_least(1), default=1,
+    parser.add_argument("--frames-per-file", type=int_at_least(1), default=1,
                         help="dates per input file, bands date-major")
     parser.add_argument(
         "--preset", default=None,
         help="normalisation preset when the model folder has no preprocessor_config.json (e.g. ssl4eo-s12-l1c)",
     )
     parser.add_argument("--window", type=_window, default=256, help="window size, N or HxW (default 256)")
-    parser.add_argument("--overlap", type=_int_at_least(0), default=64,
+    parser.add_argument("--overlap", type=int_at_least(0), default=64,
                         help="overlap between windows in pixels (default 64)")
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=8, help="windows per forward (default 8)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="windows per forward (default 8)")
     parser.add_argument("--blend", choices=("cosine", "linear", "none"), default="cosine", help="overlap blending")
     parser.add_argument("--probabilities", action="store_true", help="also write OUT.probabilities.tif")
     parser.add_argument(
@@ -82,11 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output nodata where all dates (default) or any date lack data",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--devices", type=_int_at_least(1), default=1,
+    parser.add_argument("--devices", type=int_at_least(1), default=1,
                         help="number of GPUs sharing the scene (from --device's index; default 1)")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
                         help="forward precision (autocast); default bf16 on CUDA, fp32 on the CPU")
-    parser.add_argument("--num-workers", type=_int_at_least(0), default=None,
+    parser.add_argument("--num-workers", type=int_at_least(0), default=None,
                         help="threads reading and normalising windows (default: min(8, CPUs) with a GPU, CPUs/4 on the CPU)")
     parser.add_argument("--compile", action="store_true", help="compile the model with torch.compile first")
     parser.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs (with overviews)")
@@ -95,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs (OUT.tif, OUT.probabilities.tif, OUT.png) that already exist")
     parser.add_argument("--no-quicklook", action="store_true", help="do not write the PNG quicklook")
-    parser.add_argument("--quicklook-size", type=_int_at_least(16), default=1024,
+    parser.add_argument("--quicklook-size", type=int_at_least(16), default=1024,
                         help="long side of the quicklook in pixels")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
