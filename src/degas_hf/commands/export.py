@@ -24,7 +24,6 @@ This module imports only the standard library at module level (fast `--help`); t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -101,21 +100,11 @@ def graph_module(model, head: str):
 def load_for_export(model_path, head: str = "auto"):
     """The model of `head` ("auto", "encoder" or "segmentation") from a save_pretrained folder, in eval mode, after
     the folder checks of `degas-hf predict` (config, safetensors only, readable weights). Returns (model, head)."""
-    from ..hub.folder import check_safetensors_weights
-    from ..inference.loading import resolve_model_folder
+    from ..inference.loading import read_model_folder
 
-    folder = resolve_model_folder(model_path)
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"Model folder {str(folder)!r} has no config.json (expected a save_pretrained folder)")
-    try:
-        config = json.loads(config_file.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{str(config_file)!r} is not valid JSON: {err}") from None
-    if not isinstance(config, dict) or config.get("model_type") != "st_swin_mae":
-        found = config.get("model_type") if isinstance(config, dict) else type(config).__name__
-        raise ValueError(f"Model folder {str(folder)!r} is not an ST-SwinMAE model (model_type {found!r})")
-    check_safetensors_weights(folder, what=f"Model folder {str(folder)!r}")
+    folder, config = read_model_folder(model_path)
+    if config.get("model_type") != "st_swin_mae":
+        raise ValueError(f"Model folder {str(folder)!r} is not an ST-SwinMAE model (model_type {config.get('model_type')!r})")
     architectures = config.get("architectures") or []
     if head == "auto":
         head = "segmentation" if SEGMENTATION_ARCHITECTURE in architectures else "encoder"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..hub.folder import check_safetensors_weights
 
-__all__ = ["SEGMENTATION_ARCHITECTURE", "load_model_for_inference", "resolve_model_folder"]
+__all__ = ["SEGMENTATION_ARCHITECTURE", "load_model_for_inference", "read_model_folder", "resolve_model_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,23 @@ def resolve_model_folder(path_or_repo_id) -> Path:
     return Path(folder)
 
 
+def read_model_folder(path_or_repo_id) -> tuple[Path, dict]:
+    """`(folder, config.json as a dict)` of a save_pretrained folder or cached Hub id, after checking that its
+    config is a JSON object and its weights are readable safetensors (one ValueError otherwise)."""
+    folder = resolve_model_folder(path_or_repo_id)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"Model folder {str(folder)!r} has no config.json (expected a save_pretrained folder)")
+    try:
+        config = json.loads(config_file.read_text())
+        if not isinstance(config, dict):
+            raise ValueError(f"expected a JSON object, found {type(config).__name__}")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(config_file)!r} is not valid JSON: {err}") from None
+    check_safetensors_weights(folder, what=f"Model folder {str(folder)!r}")
+    return folder, config
+
+
 def _check_finite(model) -> None:
     import torch
 
@@ -91,17 +108,7 @@ def load_model_for_inference(
     Returns:
         `(model, processor)`, the model in eval mode.
     """
-    folder = resolve_model_folder(path_or_repo_id)
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"Model folder {str(folder)!r} has no config.json (expected a save_pretrained folder)")
-    try:
-        config = json.loads(config_file.read_text())
-        if not isinstance(config, dict):
-            raise ValueError(f"expected a JSON object, found {type(config).__name__}")
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{str(config_file)!r} is not valid JSON: {err}") from None
-    check_safetensors_weights(folder, what=f"Model folder {str(folder)!r}")
+    folder, config = read_model_folder(path_or_repo_id)
 
     import degas_hf  # noqa: F401  (registers the Auto classes)
 
