@@ -6,6 +6,8 @@ others; what a killed part printed before its limit is kept):
   pretrain   the STSwinMAEForPreTraining step (bf16 autocast forward, backward, clip_grad_norm_, fused AdamW) at
              several batch sizes: samples/s, achieved TFLOP/s, % of the measured bf16 matmul rate, peak memory;
              plus eager attention, and activation checkpointing at the largest batch
+  overhead   operators per encoder fwd+bwd (all dispatched, and those launching a kernel), ours vs torchvision
+             swin3d, and fwd+bwd time at a tiny width (embed 16) where the time is per-operator host overhead
   encoder    encoder forward (no_grad) and forward+backward, ours (SDPA, eager) vs torchvision's swin3d built with
              the same shape, bf16 autocast and fp32
   attention  every attention call of one forward: q/mask shapes, strides, dtype, and the SDPA backend PyTorch picks
@@ -40,9 +42,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("matmul", "pretrain", "encoder", "attention", "profile", "compile")
+PARTS = ("matmul", "overhead", "pretrain", "encoder", "attention", "profile", "compile")
 # Seconds per part; their sum stays under the default --budget (6 minutes on one GPU with the start-up).
-PART_LIMITS = {"matmul": 30, "pretrain": 80, "encoder": 70, "attention": 30, "profile": 35, "compile": 140}
+PART_LIMITS = {"matmul": 30, "overhead": 30, "pretrain": 80, "encoder": 70, "attention": 30, "profile": 35, "compile": 140}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -201,51 +203,6 @@ def pretrain_step(model, optimizer, pixel_values, device: str):
     return step
 
 
-@contextlib.contextmanager
-def fused_qkv_attention():
-    """A what-if, for timing only: the attention with ONE q/k/v GEMM (weights concatenated per call, parameters
-    unchanged) and one permute-copy for the shifted blocks' folded layout, instead of three of each. Outputs equal
-    the model's (checked bitwise on CPU); the model adopts it if this row is measurably faster on the GPU."""
-    import torch
-    import torch.nn.functional as F
-
-    from degas_hf.models.st_swin_mae import modeling_st_swin_mae as modeling
-
-    attention_class = modeling.STSwinMAESelfAttention
-    original = attention_class.forward
-
-    def forward(self, windows, window_size, shift_mask=None, output_attentions=False):
-        if output_attentions:
-            return original(self, windows, window_size, shift_mask, output_attentions)
-        batch_windows, tokens, channels = windows.shape
-        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        bias = None if self.q_proj.bias is None else torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        qkv = F.linear(windows, weight, bias).view(batch_windows, tokens, 3, self.num_heads, self.head_dim)
-        mask = self.relative_position_bias(window_size, windows.device).unsqueeze(0)
-        if shift_mask is not None:
-            num_windows = shift_mask.shape[0]
-            mask = (mask + shift_mask.unsqueeze(1)).reshape(1, num_windows * self.num_heads, tokens, tokens)
-            qkv = qkv.view(-1, num_windows, tokens, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
-            query, key, value = qkv.reshape(3, -1, num_windows * self.num_heads, tokens, self.head_dim).unbind(0)
-        else:
-            query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        mask = mask.to(query.dtype)
-        interface = modeling.ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation,
-                                                                  modeling.eager_attention_forward)
-        if query.device.type == "cpu" and mask.requires_grad:
-            interface = modeling.eager_attention_forward
-        output, _ = interface(self, query, key, value, mask, dropout=0.0, scaling=self.scaling, is_causal=False)
-        if shift_mask is not None:
-            output = output.view(-1, tokens, shift_mask.shape[0], self.num_heads, self.head_dim).transpose(1, 2)
-        return self.o_proj(output.reshape(batch_windows, tokens, channels)), None
-
-    attention_class.forward = forward
-    try:
-        yield
-    finally:
-        attention_class.forward = original
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Parts
 # ------------------------------------------------------------------------------------------------------------
@@ -286,17 +243,15 @@ def part_pretrain(args, s):
     emit(dict(part="pretrain", what="model", params_m=params / 1e6, gflop_per_sample=flops_per_sample / 1e9,
               optimizer=kind))
 
-    def run(batch, label, attention="sdpa", checkpointing=False, fused_qkv=False):
+    def run(batch, label, attention="sdpa", checkpointing=False):
         model.set_attn_implementation(attention)
-        patch = fused_qkv_attention() if fused_qkv else contextlib.nullcontext()
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         reset_peak(args.device)
         try:
             pixel_values = torch.randn(batch, *shape, device=args.device)
-            with patch:
-                seconds = timed(pretrain_step(model, optimizer, pixel_values, args.device), args.device, s["warmup"],
-                                s["repeats"])
+            seconds = timed(pretrain_step(model, optimizer, pixel_values, args.device), args.device, s["warmup"],
+                            s["repeats"])
         except torch.OutOfMemoryError:
             emit(dict(part="pretrain", what=label, batch=batch, error="out of memory"))
             return False
@@ -316,7 +271,6 @@ def part_pretrain(args, s):
         largest = batch
     if largest is not None and not args.small:
         run(min(64, largest) if args.device == "cuda" else largest, "step, eager attention", attention="eager")
-        run(min(64, largest) if args.device == "cuda" else largest, "step, SDPA, fused qkv (what-if)", fused_qkv=True)
         run(largest * 2 if args.device == "cuda" else largest, "step, SDPA, activation checkpointing", checkpointing=True)
 
 
@@ -373,6 +327,73 @@ def part_encoder(args, s):
                 peer_seconds = best.get("torchvision swin3d")
                 emit(dict(part="encoder", what=label, precision=precision, mode=mode, batch=batch, ms=best[label] * 1e3,
                           speed_vs_peer=None if peer_seconds is None else peer_seconds / best[label]))
+
+
+def count_operators(step) -> tuple[int, int]:
+    """(every aten operator dispatched, those that launch a kernel) during `step()`, backward included. On a GPU
+    whose step is bound by host overhead, time grows with these counts (each costs Python, dispatch and a launch)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    metadata_only = {"detach", "lift_fresh", "alias", "_unsafe_view", "_reshape_alias"}
+
+    class Counter(TorchDispatchMode):
+        dispatched = kernels = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.dispatched += 1
+            if not func.is_view and func.overloadpacket.__name__ not in metadata_only:
+                self.kernels += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter() as counter:
+        step()
+    return counter.dispatched, counter.kernels
+
+
+def part_overhead(args, s):
+    """Host overhead of the encoder, ours vs torchvision swin3d: operators per fwd+bwd (bf16 autocast, the real
+    shape), and the fwd+bwd time at a tiny width (embed 16, one head per stage, same depths, windows and input), where
+    the kernels cost next to nothing and the time is the framework's per-operator cost."""
+    import torch
+
+    from degas_hf import STSwinMAEModel
+
+    def encoder_step(module, forward):
+        def step():
+            with autocast(args.device, True):
+                output = forward()
+            output.float().square().mean().backward()
+            module.zero_grad(set_to_none=True)
+        return step
+
+    def pair(config, batch):
+        torch.manual_seed(0)
+        ours = STSwinMAEModel(config).to(args.device).train()
+        peer = torchvision_encoder(config, args.torchvision_path)
+        pixel_values = torch.randn(batch, config.num_channels, s["frames"], s["size"], s["size"], device=args.device)
+        steps = {"ours": encoder_step(ours, lambda: ours(pixel_values).last_hidden_state)}
+        if peer is not None:
+            peer = peer.to(args.device).train()
+            steps["torchvision swin3d"] = encoder_step(peer, lambda: peer(pixel_values))
+        return steps
+
+    for label, step in pair(build_config(s["preset"], drop_path_rate=0.0), 1).items():
+        step()
+        dispatched, kernels = count_operators(step)
+        emit(dict(part="overhead", what=label, measure="operators per fwd+bwd (batch 1, bf16)", dispatched=dispatched,
+                  kernels=kernels))
+    stages = len(build_config(s["preset"]).depths)
+    tiny = build_config(s["preset"], drop_path_rate=0.0, embed_dim=16, num_heads=[1] * stages)
+    steps = pair(tiny, s["encoder_batch"])
+    clock = time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
+    best = {}
+    for _ in range(3):  # interleaved rounds, best kept
+        for label, step in steps.items():
+            best[label] = min(best.get(label, math.inf), timed(step, args.device, s["warmup"], s["repeats"], clock))
+    for label, seconds in best.items():
+        peer_seconds = best.get("torchvision swin3d")
+        emit(dict(part="overhead", what=label, measure=f"fwd+bwd ms at tiny width (batch {s['encoder_batch']}, bf16)",
+                  ms=seconds * 1e3, speed_vs_peer=None if peer_seconds is None else peer_seconds / seconds))
 
 
 def part_attention(args, s):
@@ -502,7 +523,7 @@ def part_compile(args, s):
               samples_per_s=batch / seconds, seconds=seconds))
 
 
-PART_FUNCTIONS = {"matmul": part_matmul, "pretrain": part_pretrain, "encoder": part_encoder,
+PART_FUNCTIONS = {"matmul": part_matmul, "overhead": part_overhead, "pretrain": part_pretrain, "encoder": part_encoder,
                   "attention": part_attention, "profile": part_profile, "compile": part_compile}
 
 
@@ -563,6 +584,12 @@ def markdown(rows: list[dict], statuses: dict, args, header: str) -> str:
         out += ["", "### Ceiling", "", "| what | rate |", "|---|---|"]
         for r in by_part["matmul"]:
             out.append(f"| {r['what']} | " + (f"{r['tflops']:.3g} {unit} |" if "tflops" in r else f"{r['gbps']:.3g} GB/s |"))
+    if "overhead" in by_part:
+        out += ["", "### Host overhead: operators per encoder fwd+bwd, and time at a tiny width", "",
+                "| model | measure | dispatched | launch a kernel | ms | speed vs peer |", "|---|---|---|---|---|---|"]
+        for r in by_part["overhead"]:
+            out.append(f"| {r['what']} | {r['measure']} | {r.get('dispatched', '')} | {r.get('kernels', '')} | "
+                       f"{fmt(r.get('ms'))} | " + (f"{fmt(r.get('speed_vs_peer'), 2)}x |" if 'ms' in r else " |"))
     if "pretrain" in by_part:
         out += ["", "### STSwinMAEForPreTraining step (bf16 autocast fwd, bwd, clip, AdamW)", ""]
         model_row = next((r for r in by_part["pretrain"] if r["what"] == "model"), None)

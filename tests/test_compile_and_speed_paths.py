@@ -138,31 +138,16 @@ def test_bench_gpu_small_writes_its_table(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.main(["--device", "cpu", "--small", "--in-process", "--parts", "matmul,pretrain,encoder,attention,profile",
+    bench.main(["--device", "cpu", "--small", "--in-process", "--parts", "matmul,overhead,pretrain,encoder,attention,profile",
                 "--out", str(tmp_path)])
     table = (tmp_path / "gpu_bench_cpu_small.md").read_text()
-    for heading in ("### Ceiling", "### STSwinMAEForPreTraining step", "### Encoder vs torchvision",
+    for heading in ("### Ceiling", "### Host overhead", "### STSwinMAEForPreTraining step", "### Encoder vs torchvision",
                     "### Attention calls", "### Profile of one pretraining step"):
         assert heading in table
     assert "| step, SDPA | 2 |" in table
     assert "| ours (SDPA) | bf16 | fwd+bwd | 1 |" in table
+    counts = [line.split("|") for line in table.splitlines() if "operators per fwd+bwd" in line]
+    assert counts and all(int(row[3]) > int(row[4]) > 0 for row in counts)  # dispatched > launching kernels > 0
     # Every attention call of the tiny model is listed with the mask layout SDPA saw: unit last stride.
     attention_rows = [line for line in table.splitlines() if line.startswith("| ") and "torch.bfloat16" in line]
     assert attention_rows and all(row.split("|")[6].strip().endswith(", 1)") for row in attention_rows)
-
-
-def test_bench_gpu_fused_qkv_what_if_equals_the_model():
-    # The benchmark's fused-qkv row times a patched attention; it must compute the model's outputs.
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    model = STSwinMAEModel(tiny_config()).eval()
-    x = torch.randn(2, 3, 4, 40, 36)
-    original = modeling.STSwinMAESelfAttention.forward
-    with torch.no_grad():
-        expected = model(x).last_hidden_state
-        with bench.fused_qkv_attention():
-            assert modeling.STSwinMAESelfAttention.forward is not original
-            patched = model(x).last_hidden_state
-    assert modeling.STSwinMAESelfAttention.forward is original
-    torch.testing.assert_close(patched, expected, rtol=1e-5, atol=1e-5)

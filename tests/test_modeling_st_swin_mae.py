@@ -680,3 +680,58 @@ def test_from_pretrained_overrides_are_normalised_and_checked(tmp_path):
         STSwinMAEConfig.from_pretrained(tmp_path, window_size=0)
     config, unused = STSwinMAEConfig.from_pretrained(tmp_path, mask_ratio=0.5, foo=1, return_unused_kwargs=True)
     assert config.mask_ratio == 0.5 and unused == {"foo": 1}
+
+
+class _WrappedLinear(torch.nn.Linear):
+    """Stands for a PEFT/quantised wrapper: not exactly nn.Linear, so the attention must call it."""
+
+    def __init__(self, linear: torch.nn.Linear, shift: float = 0.0):
+        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        self.load_state_dict(linear.state_dict())
+        self.shift = shift
+
+    def forward(self, x):
+        return super().forward(x) + self.shift
+
+
+def test_one_qkv_gemm_equals_the_three_projections_and_wrappers_still_run():
+    """The attention projects q/k/v with one GEMM over concatenated weights; wrapped projections (LoRA adapters)
+    are called one by one. Both give the same result, and a wrapper's own forward is never bypassed."""
+    config = tiny_config(window_size=(2, 4, 4))
+    blocks = STSwinMAEBlocks(config, dim=16, depth=2, num_heads=2, drop_path_rates=[0.0, 0.0]).eval()
+    x = torch.randn(2, 4, 8, 8, 16)
+    with torch.no_grad():
+        fused, _ = blocks(x)
+        wrapped = copy.deepcopy(blocks)
+        for layer in wrapped.layers:
+            for name in ("q_proj", "k_proj", "v_proj"):
+                setattr(layer.attention, name, _WrappedLinear(getattr(layer.attention, name)))
+        torch.testing.assert_close(wrapped(x)[0], fused, atol=1e-6, rtol=1e-6)
+        wrapped.layers[0].attention.v_proj.shift = 1.0  # an adapter that changes v must change the output
+        assert not torch.allclose(wrapped(x)[0], fused, atol=1e-3)
+
+
+def test_a_swin_block_runs_four_gemms_and_no_layout_copies_beyond_its_windows():
+    """Operator count of a block's forward (the GPU step is bound by launches): 4 GEMMs (q/k/v together, output,
+    two MLP layers), and for the merging between stages one permute-copy instead of four strided slices."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    config = tiny_config(window_size=(2, 4, 4))
+    blocks = STSwinMAEBlocks(config, dim=16, depth=2, num_heads=2, drop_path_rates=[0.0, 0.0]).eval()
+    merging = STSwinMAEModel(config).encoder.stages[1].downsample
+    with torch.no_grad(), Count() as counted:
+        blocks(torch.randn(2, 4, 8, 8, 16))
+        merging(torch.randn(2, 4, 8, 8, merging.norm.normalized_shape[0] // 4))
+    assert counted.ops["addmm"] + counted.ops["mm"] == 2 * 4 + 1  # + merging's reduction (attention: SDPA)
+    assert counted.ops["slice"] == 0 and counted.ops["cat"] == 4  # the two blocks' q/k/v weights and biases

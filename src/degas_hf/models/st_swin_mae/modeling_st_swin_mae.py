@@ -422,6 +422,21 @@ class STSwinMAESelfAttention(nn.Module):
         span = math.prod(2 * w - 1 for w in self.table_window)
         self.relative_position_bias_table = nn.Parameter(torch.zeros(span, num_heads))
 
+    def project_qkv(self, windows: torch.Tensor) -> torch.Tensor:
+        """(B * nW, N, C) -> (B * nW, N, 3C): queries, keys and values side by side.
+
+        One GEMM over the three weights concatenated (parameters and checkpoints keep the q/k/v names): on a GPU
+        the step is bound by the number of kernels, and this saves two GEMMs, their input casts under autocast and
+        their backward kernels per block. Wrapped projections (PEFT LoRA adapters, quantised layers) are called
+        one by one so their own forward runs.
+        """
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if all(type(projection) is nn.Linear for projection in projections):
+            weight = torch.cat([projection.weight for projection in projections])
+            bias = None if self.q_proj.bias is None else torch.cat([projection.bias for projection in projections])
+            return F.linear(windows, weight, bias)
+        return torch.cat([projection(windows) for projection in projections], dim=-1)
+
     def relative_position_bias(self, window_size: tuple[int, int, int], device: torch.device) -> torch.Tensor:
         """(heads, N, N) contiguous bias for the (possibly clamped) window."""
         index = relative_position_index(window_size, self.table_window, device)
@@ -450,23 +465,25 @@ class STSwinMAESelfAttention(nn.Module):
             (B * nW, N, C), and the probabilities (B * nW, heads, N, N) or None.
         """
         num_windows_total, num_tokens, channels = windows.shape
-        hidden_shape = (num_windows_total, num_tokens, self.num_heads, self.head_dim)
-        query = self.q_proj(windows).view(hidden_shape).transpose(1, 2)
-        key = self.k_proj(windows).view(hidden_shape).transpose(1, 2)
-        value = self.v_proj(windows).view(hidden_shape).transpose(1, 2)
+        qkv = self.project_qkv(windows).view(num_windows_total, num_tokens, 3, self.num_heads, self.head_dim)
 
         mask = self.relative_position_bias(window_size, windows.device).unsqueeze(0)  # (1, heads, N, N)
         fold = shift_mask is not None and not output_attentions
         if fold:
             num_windows = shift_mask.shape[0]
             mask = (mask + shift_mask.unsqueeze(1)).reshape(1, num_windows * self.num_heads, num_tokens, num_tokens)
-            # (B * nW, heads, N, d) -> (B, nW * heads, N, d): the same memory, the mask broadcasts over B.
-            folded = (-1, num_windows * self.num_heads, num_tokens, self.head_dim)
-            query, key, value = query.reshape(folded), key.reshape(folded), value.reshape(folded)
-        elif shift_mask is not None:
-            # Probabilities asked for: keep the (B * nW, heads, N, N) layout, so the returned tensor is the one the
-            # computation used (`retain_grad()` works); the eager path materialises scores of that size anyway.
-            mask = (mask + shift_mask.unsqueeze(1)).repeat(num_windows_total // shift_mask.shape[0], 1, 1, 1)
+            # (B * nW, N, 3, heads, d) -> (3, B, nW * heads, N, d): ONE copy for q, k and v; the mask then
+            # broadcasts over B.
+            qkv = qkv.view(-1, num_windows, num_tokens, 3, self.num_heads, self.head_dim).permute(3, 0, 1, 4, 2, 5)
+            qkv = qkv.reshape(3, -1, num_windows * self.num_heads, num_tokens, self.head_dim)
+        else:
+            qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B * nW, heads, N, d), a view
+            if shift_mask is not None:
+                # Probabilities asked for: keep the (B * nW, heads, N, N) layout, so the returned tensor is the one
+                # the computation used (`retain_grad()` works); the eager path materialises scores of that size
+                # anyway.
+                mask = (mask + shift_mask.unsqueeze(1)).repeat(num_windows_total // shift_mask.shape[0], 1, 1, 1)
+        query, key, value = qkv.unbind(0)
         mask = mask.to(query.dtype)
 
         if output_attentions:  # fused kernels do not return the probabilities (transformers does the same)
@@ -599,10 +616,12 @@ class STSwinMAEPatchMerging(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = pad_to_multiple(hidden_states, (1, 2, 2))
-        # Neighbour order (h, w): (0,0), (1,0), (0,1), (1,1), as Swin and Video Swin.
-        hidden_states = torch.cat(
-            [hidden_states[:, :, row::2, col::2] for col in range(2) for row in range(2)], dim=-1
-        )
+        batch_size, frames, height, width, channels = hidden_states.shape
+        # Neighbour order (h, w): (0,0), (1,0), (0,1), (1,1), as Swin and Video Swin, i.e. column-major in the 2x2
+        # neighbourhood: one permute-copy (the concatenation of four strided slices cost a zero-filled copy per
+        # slice in backward).
+        hidden_states = hidden_states.view(batch_size, frames, height // 2, 2, width // 2, 2, channels)
+        hidden_states = hidden_states.permute(0, 1, 2, 4, 5, 3, 6).reshape(batch_size, frames, height // 2, width // 2, 4 * channels)
         return self.reduction(self.norm(hidden_states))
 
 
