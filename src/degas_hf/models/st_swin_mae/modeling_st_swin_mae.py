@@ -401,9 +401,10 @@ class STSwinMAEEmbeddings(nn.Module):
 class STSwinMAESelfAttention(nn.Module):
     """Multi-head self-attention inside 3D windows, with a learned 3D relative position bias.
 
-    The bias (and, for shifted windows, the cached shift mask) is passed to the attention kernel as ONE additive
-    mask. q/k/v stay 4-D so SDPA's fused kernels apply: (B * nW, heads, N, d) without a shift mask, or
-    (B, nW * heads, N, d) with it, so the (1, nW * heads, N, N) mask broadcasts over the batch at no cost.
+    q, k and v come from one GEMM (`project_qkv`). The bias (and, for shifted windows, the cached shift mask) is
+    passed to the attention kernel as ONE additive mask. q/k/v stay 4-D so SDPA's fused kernels apply:
+    (B * nW, heads, N, d) without a shift mask, or (B, nW * heads, N, d) with it, so the (1, nW * heads, N, N) mask
+    broadcasts over the batch at no cost.
     """
 
     def __init__(self, config: STSwinMAEConfig, dim: int, num_heads: int):
