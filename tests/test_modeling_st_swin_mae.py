@@ -735,3 +735,18 @@ def test_a_swin_block_runs_four_gemms_and_no_layout_copies_beyond_its_windows():
         merging(torch.randn(2, 4, 8, 8, merging.norm.normalized_shape[0] // 4))
     assert counted.ops["addmm"] + counted.ops["mm"] == 2 * 4 + 1  # + merging's reduction (attention: SDPA)
     assert counted.ops["slice"] == 0 and counted.ops["cat"] == 4  # the two blocks' q/k/v weights and biases
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_stochastic_depth_in_the_residual_add_draws_and_scales_as_drop_path(dtype):
+    from degas_hf.models.st_swin_mae.modeling_st_swin_mae import add_residual
+
+    shortcut, branch = torch.randn(6, 2, 3, 3, 8), torch.randn(6, 2, 3, 3, 8).to(dtype)
+    torch.manual_seed(3)
+    keep = (0.7 + torch.rand(6, 1, 1, 1, 1, dtype=dtype).float()).floor_()  # timm's drop_path draw, decided in fp32
+    expected = shortcut + branch.float() / 0.7 * keep.float()
+    torch.manual_seed(3)
+    actual = add_residual(shortcut, branch, drop_prob=0.3, training=True)
+    assert 0 < keep.sum() < 6, "the seed must drop some samples and keep others"
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(add_residual(shortcut, branch, drop_prob=0.3, training=False), shortcut + branch)

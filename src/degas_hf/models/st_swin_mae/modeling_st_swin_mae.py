@@ -292,15 +292,22 @@ def follow_umask(paths) -> None:
             os.chmod(path, mode)
 
 
-def drop_path(hidden_states: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
-    """Stochastic depth per sample (residual branch dropped for whole samples)."""
+def add_residual(shortcut: torch.Tensor, branch: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
+    """`shortcut + branch`, the branch dropped for whole samples with probability `drop_prob` while training
+    (stochastic depth) and the kept ones scaled by 1 / (1 - drop_prob).
+
+    The per-sample scale is computed on a (B, 1, ..., 1) tensor and applied in the add itself (`addcmul`): one
+    full-size kernel instead of three (divide, multiply, add), forward and backward alike. The random draw is the
+    one timm's `drop_path` makes (same shape, dtype and order); the keep decision and the scale are taken in the
+    residual stream's precision (fp32 under autocast, where a bf16 branch would round 1 - p + draw up to 1).
+    """
     if drop_prob == 0.0 or not training:
-        return hidden_states
+        return shortcut + branch
     keep_prob = 1 - drop_prob
-    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-    random_tensor = keep_prob + torch.rand(shape, dtype=hidden_states.dtype, device=hidden_states.device)
-    random_tensor.floor_()
-    return hidden_states.div(keep_prob) * random_tensor
+    shape = (branch.shape[0],) + (1,) * (branch.ndim - 1)
+    draw = torch.rand(shape, dtype=branch.dtype, device=branch.device)
+    scale = (keep_prob + draw.to(shortcut.dtype)).floor_().div_(keep_prob)  # in the residual stream's precision
+    return torch.addcmul(shortcut, branch, scale)
 
 
 def pad_to_multiple(hidden_states: torch.Tensor, multiples: tuple[int, int, int]) -> torch.Tensor:
@@ -565,9 +572,9 @@ class STSwinMAELayer(GradientCheckpointingLayer):
         if any(shift_size):
             hidden_states = torch.roll(hidden_states, shifts=shift_size, dims=(1, 2, 3))
         hidden_states = hidden_states[:, :frames, :height, :width].contiguous()
-        hidden_states = shortcut + drop_path(hidden_states, self.drop_path_rate, self.training)
+        hidden_states = add_residual(shortcut, hidden_states, self.drop_path_rate, self.training)
         mlp_output = self.mlp(self.layernorm_after(hidden_states))
-        return hidden_states + drop_path(mlp_output, self.drop_path_rate, self.training), attn_weights
+        return add_residual(hidden_states, mlp_output, self.drop_path_rate, self.training), attn_weights
 
 
 class STSwinMAEBlocks(nn.Module):
