@@ -100,7 +100,7 @@ class GeoTiffSink:
             self.writers[name] = self.stack.enter_context(writer)
 
     def write(self, name: str, block: np.ndarray, row_off: int) -> None:
-        self.writers[name].write(block, row_off=row_off)
+        self.writers[name].write_rows(block, row_off=row_off)  # whole rows of tiles: each tile compressed once
 
 
 def _rgb_band_indices(source, band_names, processor) -> list[int]:

@@ -165,7 +165,8 @@ class GeoTiffTimeSeries:
             Dates stored in each file, bands date-major (all bands of date 0, then date 1, ...).
 
     Attributes: `height`, `width`, `num_frames`, `num_bands`, `band_names` (or None), `nodata` (one per date),
-    `crs`, `transform`, `dtype`, `profile` (of the first file).
+    `crs`, `transform`, `dtype`, `profile` (of the first file), `read_dtype` (what `read` returns: the dates'
+    dtypes promoted).
 
     `read` may be called from several threads at once: each thread reads through its own GDAL handles (a GDAL
     dataset must not be used by two threads at a time); `close` closes them all.
@@ -197,6 +198,7 @@ class GeoTiffTimeSeries:
         self.num_frames = len(paths) * frames_per_file
         self.height, self.width = first.shape
         self.crs, self.transform, self.dtype = first.crs, first.transform, first.dtype
+        self.read_dtype = np.result_type(*[info.dtype for info in self.infos])  # dates may differ: as np.stack
         self.nodata = [info.nodata for info in self.infos for _ in range(frames_per_file)]
         if band_names is not None:
             band_names = [str(b) for b in band_names]
@@ -275,8 +277,10 @@ class GeoTiffTimeSeries:
         bands: Sequence[int] | None = None,
         out_shape: tuple[int, int] | None = None,
         resampling: Resampling = Resampling.nearest,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Read a window of every date: (T, C, height, width) in the file dtype.
+        """Read a window of every date: (T, C, height, width) in the file dtype (`read_dtype`: the dtypes of all
+        dates promoted, when they differ).
 
         Args:
             row_off, col_off, height, width (`int`):
@@ -285,6 +289,11 @@ class GeoTiffTimeSeries:
                 0-based band indices within one date (e.g. the model's bands); defaults to all bands.
             out_shape (`(h, w)`, *optional*):
                 Decimated read (uses overviews when the file has them), e.g. for quicklooks.
+            out (`np.ndarray`, *optional*):
+                A C-contiguous (T, C, h, w) array of dtype `read_dtype` to read into (e.g. a buffer reused from read to
+                read); it is returned.
+
+        Each date is read by GDAL straight into its slice of the result (no per-date arrays stacked afterwards).
         """
         height = self.height - row_off if height is None else height
         width = self.width - col_off if width is None else width
@@ -294,18 +303,28 @@ class GeoTiffTimeSeries:
                 f"of {self.height}x{self.width} pixels"
             )
         window = Window(col_off, row_off, width, height)
-        frames = []
+        num_bands = self.num_bands if bands is None else len(bands)
+        shape = (self.num_frames, num_bands, *(out_shape or (height, width)))
+        if out is None:
+            out = np.empty(shape, dtype=self.read_dtype)
+        elif out.shape != shape or out.dtype != self.read_dtype or not out.flags.c_contiguous:
+            raise ValueError(
+                f"`out` must be a C-contiguous {self.read_dtype} array of shape {shape}, found "
+                f"{'a non-contiguous ' if not out.flags.c_contiguous else ''}{out.dtype} array of shape {out.shape}"
+            )
+        frame_index = 0
         for dataset in self._thread_datasets():
             for frame in range(self.frames_per_file):
                 indexes = self._indexes(bands, frame)
-                kwargs = {"window": window}
+                kwargs = {"window": window, "out": out[frame_index]}
                 if out_shape is not None:
-                    kwargs.update(out_shape=(len(indexes), *out_shape), resampling=resampling)
+                    kwargs["resampling"] = resampling
                 try:
-                    frames.append(dataset.read(indexes, **kwargs))
+                    dataset.read(indexes, **kwargs)
                 except RasterioError as err:
                     raise ValueError(f"Could not read {dataset.name!r} (corrupt file?): {err}") from err
-        return np.stack(frames)
+                frame_index += 1
+        return out
 
     def read_all(self, bands: Sequence[int] | None = None) -> np.ndarray:
         """The whole series in memory: (T, C, H, W). Prefer windowed `read` for large scenes."""
@@ -470,6 +489,12 @@ def atomic_output(path) -> Iterator[Path]:
         raise
 
 
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """`[start, stop)` of each run of True in a 1-D boolean array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], mask, [False]]).astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
 def _block_size(size: int, preferred: int) -> int:
     return preferred if size >= preferred else max(16, 16 * (size // 16)) if size >= 16 else 16
 
@@ -557,6 +582,7 @@ class GeoTiffWriter:
         self._context = None
         self._dataset = None
         self._work: Path | None = None  # the tiled GeoTIFF written before the COG copy
+        self._pending_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # write_rows: tile row -> (rows, filled)
 
     def __enter__(self) -> "GeoTiffWriter":
         self._context = atomic_output(self.path)
@@ -596,6 +622,55 @@ class GeoTiffWriter:
         window = Window(col_off, row_off, array.shape[2], array.shape[1])
         self._dataset.write(array.astype(self.profile["dtype"], copy=False), window=window)
 
+    def write_rows(self, array: np.ndarray, row_off: int) -> None:
+        """Write full-width rows (count, h, width) (or (h, width)) starting at `row_off`, in any order, handing GDAL
+        only whole rows of tiles.
+
+        Rows that do not complete a row of tiles wait here until the rows they share tiles with arrive (or until the
+        writer closes). Written in arbitrary strips (e.g. 224 rows into 256-row tiles), GDAL would compress a tile
+        when a strip ends inside it, and again, after reading it back, when the next strip completes it, as soon as
+        its block cache needs the room (which a large read fills).
+        """
+        if array.ndim == 2:
+            array = array[None]
+        count, rows, width = array.shape
+        if count != self.profile["count"] or width != self.profile["width"]:
+            raise ValueError(
+                f"Expected rows of {self.profile['count']} band(s) x {self.profile['width']} columns to write, found "
+                f"{count} x {width}"
+            )
+        height, tile = self.profile["height"], self.profile["blockysize"]
+        if row_off < 0 or row_off + rows > height:
+            raise ValueError(f"Rows {row_off}:{row_off + rows} are outside the raster of {height} rows")
+        position, end = row_off, row_off + rows
+        while position < end:
+            tile_top = position // tile * tile
+            tile_end = min(tile_top + tile, height)
+            stop = min(end, tile_end)
+            part = array[:, position - row_off : stop - row_off]
+            if position == tile_top and stop == tile_end and tile_top not in self._pending_rows:
+                self.write(part, row_off=tile_top)  # a whole row of tiles: straight through
+            else:
+                if tile_top not in self._pending_rows:
+                    self._pending_rows[tile_top] = (
+                        np.zeros((count, tile_end - tile_top, width), dtype=self.profile["dtype"]),
+                        np.zeros(tile_end - tile_top, dtype=bool),
+                    )
+                pending, filled = self._pending_rows[tile_top]
+                pending[:, position - tile_top : stop - tile_top] = part
+                filled[position - tile_top : stop - tile_top] = True
+                if filled.all():
+                    del self._pending_rows[tile_top]
+                    self.write(pending, row_off=tile_top)
+            position = stop
+
+    def _flush_pending_rows(self) -> None:
+        """Rows of tiles that never got all their rows: written as they are (the missing rows stay unwritten)."""
+        pending, self._pending_rows = self._pending_rows, {}
+        for tile_top, (rows, filled) in sorted(pending.items()):
+            for start, stop in _runs(filled):
+                self.write(rows[:, start:stop], row_off=tile_top + start)
+
     def _copy_to_cog(self) -> None:
         from rasterio.shutil import copy as raster_copy
 
@@ -615,7 +690,12 @@ class GeoTiffWriter:
     def __exit__(self, exc_type, exc, tb) -> bool:
         close_error = None
         try:
-            self._dataset.close()
+            try:
+                if exc_type is None:
+                    self._flush_pending_rows()
+            finally:
+                self._pending_rows = {}
+                self._dataset.close()
             if exc_type is None and self.cog:
                 self._copy_to_cog()
         except BaseException as err:  # a failed flush must not leave a half-written file behind
