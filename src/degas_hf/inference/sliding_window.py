@@ -380,6 +380,129 @@ class _StripWriter:
             raise self.error
 
 
+@contextlib.contextmanager
+def _one_intraop_thread():
+    """Torch ops on one thread inside the block (on the CPU), the previous thread count restored after.
+
+    For the few milliseconds of softmax after a CPU forward: run by torch's OpenMP threads while the reader and writer
+    threads hold the cores, each parallel op waits for a descheduled thread (several times slower than one thread on
+    2 busy cores). One thread gives the same values (softmax splits independent pixels between threads). Torch's
+    thread count is the process's: a thread that starts using torch inside the block starts with one thread."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Normalisation of the windows read
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _WindowNormalizer:
+    """`processor.normalize_array(raw, nodata)` for every batch of one source: the same float32 values and mask, in
+    fewer passes over memory for 8- and 16-bit integer inputs (Sentinel-2 L1C/L2A are uint16).
+
+    The processor casts, scales and offsets the whole (T, C, h, w) batch at once (tens of MB, beyond the CPU caches)
+    and compares it with each nodata value as float64. Here the same float32 operations run plane by plane (one band
+    of one date, which stays in the cache between its passes) and nodata is compared in the input's own dtype (a
+    value that dtype cannot hold never matches, as in float64). Other inputs (floats, wider integers) and processors
+    with their own `normalize_array` go through the processor.
+
+    With `recycle=N` (CPU devices), up to N float32 batch arrays that the predicting thread hands back (`release`)
+    once their batch is blended are reused for later batches: a fresh 40 MB array costs a page fault per 4 KB (the
+    kernel zeroes each page) on every batch. The model must not keep its input tensors after its forward.
+    """
+
+    def __init__(self, processor, nodata, recycle: int = 0):
+        self.processor = processor
+        self.nodata = nodata
+        self._plans: dict = {}  # (dtype, T, C) -> (scale, offset, nodata codes per date, fill) or None
+        self._free: list[np.ndarray] = []
+        self._recycle = int(recycle)
+        self._lock = threading.Lock()
+
+    def release(self, pixel_values: torch.Tensor | None) -> None:
+        """Hand back a batch's (C, T, h, w) array once nothing reads it any more."""
+        if pixel_values is None or self._recycle <= 0 or pixel_values.device.type != "cpu":
+            return
+        array = pixel_values.numpy()
+        if array.dtype == np.float32 and array.flags.c_contiguous:
+            with self._lock:
+                if len(self._free) < self._recycle:
+                    self._free.append(array)
+
+    def _empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        with self._lock:
+            for index, array in enumerate(self._free):
+                if array.shape == shape:
+                    return self._free.pop(index)
+        return np.empty(shape, dtype=np.float32)
+
+    def _plan(self, dtype: np.dtype, num_frames: int, num_channels: int):
+        from ..models.st_swin_mae.image_processing_st_swin_mae import STSwinMAEImageProcessor, _max_abs_value
+
+        processor, nodata = self.processor, self.nodata
+        per_date = [nodata] * num_frames if nodata is None or np.isscalar(nodata) else list(nodata)
+        if (
+            getattr(type(processor), "normalize_array", None) is not STSwinMAEImageProcessor.normalize_array
+            or dtype.kind not in "ui"
+            or dtype.itemsize > 2
+            or len(per_date) != num_frames
+            or num_channels != len(processor.band_names)
+        ):
+            return None
+        scale, offset = processor._affine_normalization(num_channels)
+        with np.errstate(over="ignore", invalid="ignore"):  # the processor's own test of a finite result
+            bound = np.float32(_max_abs_value(dtype) * np.abs(scale).max() + np.abs(offset).max())
+        if not np.isfinite(bound):
+            return None
+        info = np.iinfo(dtype)
+        codes = []  # per date, the nodata values the dtype can hold (no other value equals an input value)
+        for value in per_date:
+            held = set()
+            for each in (value, processor.nodata_value):
+                if each is None or not math.isfinite(each) or not float(each).is_integer():
+                    continue
+                if info.min <= each <= info.max:
+                    held.add(int(each))
+            codes.append(sorted(held))
+        return scale, offset, codes, np.float32(processor.fill_value)
+
+    def __call__(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`raw` (T, C, h, w) -> float32 `pixel_values` (C, T, h, w) and bool `valid` (T, h, w)."""
+        key = (raw.dtype, *raw.shape[:2]) if raw.ndim == 4 else None
+        if key is not None and key not in self._plans:
+            self._plans[key] = self._plan(*key)
+        plan = self._plans.get(key)
+        if plan is None:
+            return self.processor.normalize_array(raw, self.nodata)
+        scale, offset, codes, fill = plan
+        num_frames, num_channels = raw.shape[:2]
+        values = self._empty((num_channels, num_frames, *raw.shape[2:]))
+        invalid = np.zeros((num_frames, *raw.shape[2:]), dtype=bool)
+        hit = np.empty(raw.shape[2:], dtype=bool)
+        for t in range(num_frames):
+            for c in range(num_channels):
+                plane, out = raw[t, c], values[c, t]
+                # float32(x) * scale + offset, each step rounded to float32 as in the processor; three in-place
+                # passes are faster than numpy's buffered cast inside the multiply
+                np.copyto(out, plane, casting="unsafe")
+                np.multiply(out, scale[c], out=out)
+                np.add(out, offset[c], out=out)
+                for code in codes[t]:
+                    np.equal(plane, code, out=hit)
+                    np.logical_or(invalid[t], hit, out=invalid[t])
+        if invalid.any():
+            np.copyto(values, fill, where=invalid[None])
+        return values, np.logical_not(invalid, out=invalid)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The predictor
 # --------------------------------------------------------------------------------------------------------------------
@@ -632,17 +755,26 @@ class SlidingWindowPredictor:
                 own_cols = (batch_cols[0], cols[following] if following < len(cols) else plan.width)
                 yield _Job(row_index, batch_cols, following >= len(cols), own_cols if own_rows else None, own_rows)
 
-    def _load(self, job: _Job, source, plan: _Plan, read_bands, num_model_bands, rgb_positions, sampler, pin) -> _Batch:
+    def _load(self, job: _Job, source, plan: _Plan, read_bands, num_model_bands, rgb_positions, sampler, pin,
+              normalize: _WindowNormalizer, buffers: threading.local) -> _Batch:
         """Read one batch's span of the scene and normalise it (runs in a reader thread)."""
         win_h, win_w = plan.window
         row = plan.rows[job.row]
         span = job.cols[-1] + win_w - job.cols[0]
-        raw = source.read(row, job.cols[0], win_h, span, bands=read_bands)  # (T, C_read, h, span)
+        read_dtype = getattr(source, "read_dtype", None)  # a GeoTiffTimeSeries reads into a buffer of this thread
+        if read_dtype is not None:
+            shape = (source.num_frames, len(read_bands), win_h, span)
+            buffer = getattr(buffers, "raw", None)
+            if buffer is None or buffer.shape != shape or buffer.dtype != read_dtype:
+                buffer = buffers.raw = np.empty(shape, dtype=read_dtype)
+            raw = source.read(row, job.cols[0], win_h, span, bands=read_bands, out=buffer)  # (T, C_read, h, span)
+        else:
+            raw = source.read(row, job.cols[0], win_h, span, bands=read_bands)
         if sampler is not None and job.input_rows is not None:
             sampler.add_input(raw, rgb_positions, row, job.cols[0], job.input_rows, job.input_cols)
         if raw.shape[1] != num_model_bands:
             raw = raw[:, :num_model_bands]
-        values, valid = self.processor.normalize_array(raw, source.nodata)  # (C, T, h, span), (T, h, span)
+        values, valid = normalize(raw)  # (C, T, h, span), (T, h, span): new arrays, never views of the buffer
         valid_mask = torch.from_numpy(valid)
         pixel_values = torch.from_numpy(values) if valid.any() else None  # None: nothing to predict, skip the model
         if pin:
@@ -679,9 +811,10 @@ class SlidingWindowPredictor:
             )
             self._compiled_devices.add(device)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        logits = logits.float()
-        if self.task == "classification":
-            logits = logits.softmax(dim=1)
+        with _one_intraop_thread() if device.type == "cpu" else contextlib.nullcontext():
+            logits = logits.float()
+            if self.task == "classification":
+                logits = logits.softmax(dim=1)
         with self._timer_lock:
             self.model_seconds += time.perf_counter() - start
         return logits
@@ -808,8 +941,13 @@ class SlidingWindowPredictor:
         pin = device.type == "cuda"
         any_data = False
 
+        # On the CPU the blend is synchronous: a batch's array is free again once blended, and is recycled.
+        recycle = 2 * max(1, workers) + 2 if device.type == "cpu" else 0
+        normalize = _WindowNormalizer(self.processor, source.nodata, recycle=recycle)
+        buffers = threading.local()  # one raw read buffer per reader thread
+
         def load(job):
-            return self._load(job, source, plan, read_bands, num_bands, rgb_positions, sampler, pin)
+            return self._load(job, source, plan, read_bands, num_bands, rgb_positions, sampler, pin, normalize, buffers)
 
         jobs = self._jobs(plan, first, end_row, first_owned, sampler is not None)
         top = rows[first]  # scene row held in accumulator row 0 (always the current window row's start)
@@ -823,6 +961,8 @@ class SlidingWindowPredictor:
                     pixel_values, valid_mask = strip.windows(batch.pixel_values, batch.valid_mask, offsets, win_w)
                     outputs = self._forward(pixel_values, valid_mask, device)
                     strip.accumulate(job.cols, outputs, valid_mask, plan.row_weights[job.row], win_w)
+                    del pixel_values, valid_mask, outputs
+                    normalize.release(batch.pixel_values)
                 if job.row >= first_owned:
                     bar.update(len(job.cols))
                 if job.last_in_row:
