@@ -7,9 +7,10 @@
 CPU sections (written to benchmarks/results/predict.md):
 1. **Pipeline rate**: read, normalise, blend and write a synthetic 6-band, 4-date uint16 scene (one tiled GeoTIFF per
    date) with a model that costs nothing (its "logits" are a view of the input), so only the pipeline is timed:
-   the current `SlidingWindowPredictor` against the previous implementation (commit 7dcb4b1, loaded from git into
-   a temporary module for this comparison only), alternating runs in one process, best of `--repeats`.
-   Target: >= 1.6x at 4096^2.
+   the current `SlidingWindowPredictor` against the previous implementation (commit 7dcb4b1's sliding_window.py
+   with its GeoTIFF reading and writing, io/geotiff.py and predict.py's GeoTiffSink, loaded from git into temporary
+   modules for this comparison only; also 7dcb4b1's sliding_window.py over today's I/O), alternating runs in one
+   process, best of `--repeats`. Target: >= 1.6x at 4096^2.
 2. **Quicklook overhead**: `predict_geotiff` with and without the quicklook (same zero-cost model) on a tiled,
    pixel-interleaved, deflate-compressed scene; and, for reference, the previous way of making it (decimated
    re-reads of the written files, `save_quicklook`). Target: <= 20 %.
@@ -97,21 +98,44 @@ class ZeroCostModel(torch.nn.Module):
         return {"logits": pixel_values[:, : self.num_labels, 0]}
 
 
-def previous_implementation():
-    """The sliding-window module as of PREVIOUS_COMMIT, loaded from git into a temporary module."""
+def _previous_module(path: str, name: str, replacements: dict[str, str]):
+    """`path` as of PREVIOUS_COMMIT, loaded from git into a temporary module `name` (relative imports rewritten)."""
     try:
-        source = subprocess.run(["git", "show", f"{PREVIOUS_COMMIT}:src/degas_hf/inference/sliding_window.py"],
-                                cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        source = subprocess.run(["git", "show", f"{PREVIOUS_COMMIT}:{path}"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout
     except (OSError, subprocess.CalledProcessError) as err:
         raise SystemExit(f"the comparison needs git and commit {PREVIOUS_COMMIT} in {ROOT}: {err}") from None
+    for old, new in replacements.items():
+        source = source.replace(old, new)
     folder = Path(tempfile.mkdtemp(prefix="previous_predict_"))
-    path = folder / "previous_sliding_window.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("previous_sliding_window", path)
+    file = folder / f"{name}.py"
+    file.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def previous_implementation():
+    """The sliding-window module as of PREVIOUS_COMMIT, loaded from git into a temporary module."""
+    return _previous_module("src/degas_hf/inference/sliding_window.py", "previous_sliding_window", {})
+
+
+def previous_io():
+    """`(GeoTiffTimeSeries, GeoTiffSink)` as of PREVIOUS_COMMIT: the reading and writing the previous pipeline did
+    (per-date reads stacked into one array; strips written as they came, so GDAL compressed tiles twice)."""
+    geotiff = _previous_module("src/degas_hf/io/geotiff.py", "previous_geotiff",
+                               {"from ..models.": "from degas_hf.models."})
+    if "previous_sliding_window" not in sys.modules:
+        previous_implementation()
+    predict = _previous_module("src/degas_hf/inference/predict.py", "previous_predict", {
+        "from ..io.geotiff import": "from previous_geotiff import",
+        "from ..models.": "from degas_hf.models.",
+        "from .quicklook import": "from degas_hf.inference.quicklook import",
+        "from .sliding_window import": "from previous_sliding_window import",
+    })
+    return geotiff.GeoTiffTimeSeries, predict.GeoTiffSink
 
 
 def _processor():
@@ -123,18 +147,20 @@ def _processor():
 # ------------------------------------------------------------------------------------------------ CPU sections
 
 
-def time_pipeline(predictor_class, inputs, output: Path, args, **kwargs) -> float:
-    """Seconds for one whole run (read, normalise, zero-cost model, blend, write) into GeoTIFF sinks."""
+def time_pipeline(predictor_class, inputs, output: Path, args, io=None, **kwargs) -> float:
+    """Seconds for one whole run (read, normalise, zero-cost model, blend, write) into GeoTIFF sinks; `io` is
+    `(GeoTiffTimeSeries, GeoTiffSink)` classes (default: today's)."""
     import rasterio
 
     from degas_hf.inference import GeoTiffSink, output_paths
     from degas_hf.io import GeoTiffTimeSeries
 
+    series_class, sink_class = io or (GeoTiffTimeSeries, GeoTiffSink)
     predictor = predictor_class(ZeroCostModel(), _processor(), window_size=args.window, overlap=args.overlap,
                                 batch_size=args.batch_size, progress=False, **kwargs)
     start = time.perf_counter()
-    with rasterio.Env(GDAL_CACHEMAX=128), GeoTiffTimeSeries(inputs) as source, contextlib.ExitStack() as stack:
-        predictor.predict(source, sink=GeoTiffSink(output_paths(output, quicklook=False), source, stack))
+    with rasterio.Env(GDAL_CACHEMAX=128), series_class(inputs) as source, contextlib.ExitStack() as stack:
+        predictor.predict(source, sink=sink_class(output_paths(output, quicklook=False), source, stack))
     return time.perf_counter() - start
 
 
@@ -146,7 +172,11 @@ def pipeline_section(tmp: Path, args) -> list[str]:
     previous = previous_implementation()
     inputs = write_scene(tmp, args.pipeline_size)
     default = default_num_workers("cpu")
-    variants = {f"previous ({PREVIOUS_COMMIT}, one reader thread)": (previous.SlidingWindowPredictor, {}),
+    previous_label = (f"previous ({PREVIOUS_COMMIT}: sliding_window.py and its GeoTIFF reading/writing, one reader "
+                      "thread)")
+    mixed_label = f"{PREVIOUS_COMMIT}'s sliding_window.py over today's GeoTIFF reading/writing"
+    variants = {previous_label: (previous.SlidingWindowPredictor, {"io": previous_io()}),
+                mixed_label: (previous.SlidingWindowPredictor, {}),
                 f"current, num_workers={default} (the CPU default)": (SlidingWindowPredictor, {})}
     for workers in sorted({2, os.cpu_count() or 1} - {default}):
         variants[f"current, num_workers={workers}"] = (SlidingWindowPredictor, {"num_workers": workers})
@@ -160,16 +190,19 @@ def pipeline_section(tmp: Path, args) -> list[str]:
         path.unlink()
     megapixels = args.pipeline_size**2 / 1e6
     best = {k: min(v) for k, v in times.items()}
-    base = next(iter(best.values()))
     lines = [
         f"### Pipeline rate (zero-cost model), {args.pipeline_size}^2 x 4 dates x 6 bands uint16",
         "",
-        "| implementation | runs (s) | best (s) | Mpx/s | speed-up |",
-        "|---|---|---|---|---|",
+        f"Runs alternate; `uptime` load average before: {args.load_before}. Speed-up: against the previous "
+        "pipeline (first row); last column: against the previous sliding window run over today's GeoTIFF I/O.",
+        "",
+        "| implementation | runs (s) | best (s) | Mpx/s | speed-up | vs 2nd row |",
+        "|---|---|---|---|---|---|",
     ]
     for label, values in times.items():
         lines.append(f"| {label} | {', '.join(f'{t:.2f}' for t in values)} | {best[label]:.2f} | "
-                     f"{megapixels / best[label]:.2f} | {base / best[label]:.2f}x |")
+                     f"{megapixels / best[label]:.2f} | {best[previous_label] / best[label]:.2f}x | "
+                     f"{best[mixed_label] / best[label]:.2f}x |")
     return lines + [""]
 
 
@@ -387,6 +420,7 @@ def main() -> int:
     parser.add_argument("--workdir", default=None, help="where scenes are written (default: a temporary folder)")
     parser.add_argument("--output", default=None, help="the Markdown table (default: benchmarks/results/predict[_gpu].md)")
     args = parser.parse_args()
+    args.load_before = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     output = Path(args.output or ROOT / "benchmarks" / "results" / ("predict_gpu.md" if args.gpu else "predict.md"))
 
     header = [
