@@ -12,7 +12,7 @@ import torch
 from _helpers_io import BANDS6, write_series
 
 from degas_hf.inference import SlidingWindowPredictor
-from degas_hf.inference.sliding_window import _one_intraop_thread, _WindowNormalizer
+from degas_hf.inference.sliding_window import _argmax_first_axis, _one_intraop_thread, _WindowNormalizer
 from degas_hf.io import GeoTiffTimeSeries
 from degas_hf.models.st_swin_mae.image_processing_st_swin_mae import STSwinMAEImageProcessor
 
@@ -125,3 +125,18 @@ def test_softmax_on_one_thread_gives_the_same_bits_and_restores_the_thread_count
         torch.set_num_threads(before)
     assert torch.equal(on_one.view(torch.int32), on_two.view(torch.int32))
     assert math.isclose(on_one.sum().item(), 4 * 70 * 90, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("num_classes,dtype", [(1, "uint8"), (2, "uint8"), (3, "uint8"), (7, "int16"), (40, "int16")])
+def test_class_argmax_equals_numpy_with_ties_and_nan(num_classes, dtype):
+    rng = np.random.default_rng(num_classes)
+    values = rng.integers(0, 4, size=(num_classes, 30, 50)).astype(np.float32) / 4  # many ties
+    values[:, 0, 0] = np.nan  # every class NaN
+    values[-1, 1, :5] = np.nan  # the last class NaN
+    values[num_classes // 2, 2, 3:9] = np.nan
+    values[0, 3, 1] = -0.0
+    values[:, 4, :] = 0.0  # -0.0 and 0.0 tie
+    values[1 % num_classes, 4, ::2] = -0.0
+    classes = _argmax_first_axis(values, dtype)
+    assert classes.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(classes, values.argmax(axis=0).astype(dtype))
