@@ -610,7 +610,7 @@ def test_attention_probabilities_match_the_naive_oracle_in_swin_window_layout():
     x = torch.randn(2, 4, 8, 8, 16)
     window, shift = effective_window_and_shift((4, 8, 8), config.window_size, (1, 2, 2))
     with torch.no_grad():
-        after_first = blocks.layers[0](x, window_size=window)[0]
+        after_first = naive_swin_layer(blocks.layers[0], x, window, (0, 0, 0))
         out, attentions = blocks(x, output_attentions=True)
         expected = [window_attention_oracle(blocks.layers[0], x, window, (0, 0, 0)),
                     window_attention_oracle(blocks.layers[1], after_first, window, shift)]
@@ -750,3 +750,45 @@ def test_stochastic_depth_in_the_residual_add_draws_and_scales_as_drop_path(dtyp
     assert 0 < keep.sum() < 6, "the seed must drop some samples and keep others"
     torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(add_residual(shortcut, branch, drop_prob=0.3, training=False), shortcut + branch)
+
+
+def grid_layout_swin_layer(layer, x, window, shift):
+    """Reference for one block in Video Swin's own layout, per block: pad the normalised grid with zeros, roll,
+    partition, attend, reverse, roll back, crop. x: (B, T, H, W, C)."""
+    from degas_hf.models.st_swin_mae.modeling_st_swin_mae import (
+        pad_to_multiple, shift_window_mask, window_partition, window_reverse)
+
+    frames, height, width = x.shape[1:4]
+    normed = pad_to_multiple(layer.layernorm_before(x), window)
+    padded = tuple(normed.shape[1:4])
+    mask = shift_window_mask(padded, window, shift, x.device) if any(shift) else None
+    if any(shift):
+        normed = torch.roll(normed, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+    windows, _ = layer.attention(window_partition(normed, window), window, mask)
+    attended = window_reverse(windows, window, padded)
+    if any(shift):
+        attended = torch.roll(attended, shifts=shift, dims=(1, 2, 3))
+    x = x + attended[:, :frames, :height, :width]
+    return x + layer.mlp(layer.layernorm_after(x))
+
+
+@pytest.mark.parametrize("grid", [(3, 6, 10), (5, 9, 7), (1, 5, 4), (4, 8, 8)])
+def test_tokens_kept_in_window_order_equal_the_per_block_grid_layout(grid):
+    """The blocks keep the tokens in window order across a stage (zeroing the padding after each norm, one gather
+    into and out of the shifted windows); that must equal padding, rolling and partitioning the grid per block,
+    for grids that need padding too, values and gradients."""
+    config = tiny_config(window_size=(2, 4, 4))
+    blocks = STSwinMAEBlocks(config, dim=16, depth=4, num_heads=2, drop_path_rates=[0.0] * 4).train()
+    for name, p in blocks.named_parameters():
+        if "relative_position_bias_table" in name or "bias" in name:
+            torch.nn.init.normal_(p, std=0.5)  # a LayerNorm bias makes the padding's normalised value non-zero
+    x = torch.randn(2, *grid, 16, requires_grad=True)
+    window, shift = effective_window_and_shift(grid, config.window_size, (1, 2, 2))
+    expected = x
+    for layer in blocks.layers:
+        expected = grid_layout_swin_layer(layer, expected, window, shift if any(layer.shift_size) else (0, 0, 0))
+    actual, _ = blocks(x)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    (grad_actual,) = torch.autograd.grad(actual.square().sum(), x)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), x)
+    torch.testing.assert_close(grad_actual, grad_expected, atol=1e-4, rtol=1e-4)

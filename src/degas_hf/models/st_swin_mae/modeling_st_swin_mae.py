@@ -201,6 +201,41 @@ def shift_window_mask(
     return _device_cached(_shift_mask_cpu, grid, window_size, shift_size, device=device)
 
 
+@functools.lru_cache(maxsize=64)
+def _shift_permutation_cpu(grid: tuple[int, int, int], window_size: tuple[int, int, int], shift_size: tuple[int, int, int]) -> torch.Tensor:
+    positions = torch.arange(math.prod(grid)).view(1, *grid, 1)
+    in_windows = window_partition(positions, window_size).flatten()  # grid position held by each window-order slot
+    rolled = torch.roll(positions, shifts=tuple(-s for s in shift_size), dims=(1, 2, 3))
+    in_shifted_windows = window_partition(rolled, window_size).flatten()
+    slot = torch.empty_like(in_windows)
+    slot[in_windows] = torch.arange(in_windows.numel())  # window-order slot of each grid position
+    to_shifted = slot[in_shifted_windows]
+    return torch.stack([to_shifted, torch.argsort(to_shifted)])
+
+
+def shift_permutation(
+    grid: tuple[int, int, int], window_size: tuple[int, int, int], shift_size: tuple[int, int, int], device: torch.device
+) -> torch.Tensor:
+    """(2, L) long, L = the (padded) grid's token count: row 0 takes tokens in window order (`window_partition` of
+    the grid) to the order `window_partition` gives the grid cyclically shifted by -shift; row 1 is its inverse.
+    Cached per (grid, window, shift, device)."""
+    return _device_cached(_shift_permutation_cpu, grid, window_size, shift_size, device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def _padding_in_window_order_cpu(grid: tuple[int, int, int], padded_grid: tuple[int, int, int], window_size: tuple[int, int, int]) -> torch.Tensor:
+    is_padding = torch.ones(padded_grid, dtype=torch.bool)
+    is_padding[: grid[0], : grid[1], : grid[2]] = False
+    return window_partition(is_padding[None, ..., None], window_size).reshape(-1, 1)
+
+
+def padding_in_window_order(
+    grid: tuple[int, int, int], padded_grid: tuple[int, int, int], window_size: tuple[int, int, int], device: torch.device
+) -> torch.Tensor:
+    """(L, 1) bool in window order, True at the positions `pad_to_multiple` added to make `grid` `padded_grid`."""
+    return _device_cached(_padding_in_window_order_cpu, grid, padded_grid, window_size, device=device)
+
+
 _DEVICE_CACHE: dict = {}
 
 try:  # while torch.export traces, new tensors are fake unless this lifts the fake mode
@@ -537,8 +572,9 @@ class STSwinMAEMLP(nn.Module):
 class STSwinMAELayer(GradientCheckpointingLayer):
     """One Video Swin block: pre-norm (shifted) window attention and pre-norm MLP, each with stochastic depth.
 
-    `shift_size` is the block's nominal shift (0 or window // 2); the stage decides the effective window and
-    shift for the actual grid and passes them in, with the cached shift mask.
+    It works on the tokens of its stage kept in window order (see `STSwinMAEBlocks`). `shift_size` is the block's
+    nominal shift (0 or window // 2); the stage decides the effective window and shift for the actual grid and
+    passes them in, with the cached shift mask and token permutation.
     """
 
     def __init__(self, config: STSwinMAEConfig, dim: int, num_heads: int, drop_path_rate: float, shifted: bool):
@@ -553,32 +589,50 @@ class STSwinMAELayer(GradientCheckpointingLayer):
 
     def forward(
         self,
-        hidden_states: torch.Tensor,
+        tokens: torch.Tensor,
         window_size: tuple[int, int, int] = (1, 1, 1),
-        shift_size: tuple[int, int, int] = (0, 0, 0),
         shift_mask: torch.Tensor | None = None,
+        shift_permutation: torch.Tensor | None = None,
+        padding: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T, H, W, C) -> (B, T, H, W, C), and the attention probabilities (B * nW, heads, N, N) or None."""
-        batch_size, frames, height, width, channels = hidden_states.shape
-        shortcut = hidden_states
-        hidden_states = pad_to_multiple(self.layernorm_before(hidden_states), window_size)
-        padded_grid = tuple(hidden_states.shape[1:4])
-        if any(shift_size):
-            hidden_states = torch.roll(hidden_states, shifts=tuple(-s for s in shift_size), dims=(1, 2, 3))
-        windows = window_partition(hidden_states, window_size)
+        """
+        Args:
+            tokens: (B, L, C), the stage's (padded) token grid in window order: L = nW * N, window after window as
+                `window_partition` lays them out, N = Wt * Wh * Ww of the effective `window_size`.
+            shift_mask: (nW, N, N) additive mask of the shifted windows (shifted blocks only).
+            shift_permutation: (2, L) long, with `shift_mask`: row 0 gathers window order into the order of the
+                shifted windows, row 1 gathers it back.
+            padding: (L, 1) bool, True at the zero padding that makes the grid a multiple of the window, or None.
+            output_attentions: also return the attention probabilities.
+        Returns:
+            (B, L, C) in the same order, and the probabilities (B * nW, heads, N, N) or None.
+        """
+        batch_size, num_tokens, channels = tokens.shape
+        normed = self.layernorm_before(tokens)
+        if padding is not None:  # Video Swin pads the normalised grid with zeros: the padding attends as zeros
+            normed = normed.masked_fill(padding, 0.0)
+        if shift_permutation is not None:  # = roll by -shift, then window partition, in one gather
+            normed = normed.index_select(1, shift_permutation[0])
+        windows = normed.view(-1, math.prod(window_size), channels)
         windows, attn_weights = self.attention(windows, window_size, shift_mask, output_attentions=output_attentions)
-        hidden_states = window_reverse(self.dropout(windows), window_size, padded_grid)
-        if any(shift_size):
-            hidden_states = torch.roll(hidden_states, shifts=shift_size, dims=(1, 2, 3))
-        hidden_states = hidden_states[:, :frames, :height, :width].contiguous()
-        hidden_states = add_residual(shortcut, hidden_states, self.drop_path_rate, self.training)
-        mlp_output = self.mlp(self.layernorm_after(hidden_states))
-        return add_residual(hidden_states, mlp_output, self.drop_path_rate, self.training), attn_weights
+        attention_output = self.dropout(windows).view(batch_size, num_tokens, channels)
+        if shift_permutation is not None:
+            attention_output = attention_output.index_select(1, shift_permutation[1])
+        tokens = add_residual(tokens, attention_output, self.drop_path_rate, self.training)
+        mlp_output = self.mlp(self.layernorm_after(tokens))
+        return add_residual(tokens, mlp_output, self.drop_path_rate, self.training), attn_weights
 
 
 class STSwinMAEBlocks(nn.Module):
-    """A run of Swin blocks alternating regular and shifted windows, sharing one window rule per grid."""
+    """A run of Swin blocks alternating regular and shifted windows, sharing one window rule per grid.
+
+    The tokens stay in window order from the first block to the last: the grid is padded and partitioned into
+    windows once, the regular blocks attend without moving a token, a shifted block gathers into the shifted
+    windows and back (one cached permutation each way, the roll and the partition in one copy), and the grid is
+    restored once at the end. LayerNorm, MLP and residuals act token by token, so the order does not change them;
+    the padding is zeroed after each block's norm, as Video Swin pads the normalised grid.
+    """
 
     def __init__(self, config: STSwinMAEConfig, dim: int, depth: int, num_heads: int, drop_path_rates: list[float]):
         super().__init__()
@@ -591,21 +645,29 @@ class STSwinMAEBlocks(nn.Module):
         self, hidden_states: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """(B, T, H, W, C) -> (B, T, H, W, C), and each block's attention probabilities (empty unless asked)."""
-        grid = tuple(hidden_states.shape[1:4])
+        batch_size, frames, height, width, channels = hidden_states.shape
+        grid = (frames, height, width)
         shifted = tuple(w // 2 for w in self.window_size)
         window, shift = effective_window_and_shift(grid, self.window_size, shifted)
         padded_grid = tuple(-(-g // w) * w for g, w in zip(grid, window))
-        shift_mask = shift_window_mask(padded_grid, window, shift, hidden_states.device) if any(shift) else None
+        device = hidden_states.device
+        shift_mask = shift_window_mask(padded_grid, window, shift, device) if any(shift) else None
+        permutation = shift_permutation(padded_grid, window, shift, device) if any(shift) else None
+        padding = padding_in_window_order(grid, padded_grid, window, device) if padded_grid != grid else None
+
+        tokens = window_partition(pad_to_multiple(hidden_states, window), window).view(batch_size, -1, channels)
         attentions = ()
         for layer in self.layers:
-            if any(layer.shift_size):
-                hidden_states, attn_weights = layer(
-                    hidden_states, window_size=window, shift_size=shift, shift_mask=shift_mask, output_attentions=output_attentions
-                )
+            if any(layer.shift_size) and shift_mask is not None:
+                tokens, attn_weights = layer(tokens, window, shift_mask=shift_mask, shift_permutation=permutation,
+                                             padding=padding, output_attentions=output_attentions)
             else:
-                hidden_states, attn_weights = layer(hidden_states, window_size=window, output_attentions=output_attentions)
+                tokens, attn_weights = layer(tokens, window, padding=padding, output_attentions=output_attentions)
             if output_attentions:
                 attentions += (attn_weights,)
+        hidden_states = window_reverse(tokens.view(-1, math.prod(window), channels), window, padded_grid)
+        if padded_grid != grid:
+            hidden_states = hidden_states[:, :frames, :height, :width].contiguous()
         return hidden_states, attentions
 
 
