@@ -304,7 +304,7 @@ def part_encoder(args, s):
     # Interleaved rounds, best round kept: on a shared machine the models see the same load. With one CPU thread
     # the clock is the process's CPU time, which other processes' load barely moves (with more threads, OpenMP
     # threads spinning while they wait for each other inflate it, so wall time is used).
-    rounds = 1 if args.device == "cuda" else 2
+    rounds = args.rounds or (1 if args.device == "cuda" else 2)
     clock = time.process_time if args.device == "cpu" and torch.get_num_threads() == 1 else time.perf_counter
     for precision in ("bf16", "fp32"):
         for mode in ("fwd", "fwd+bwd"):
@@ -665,6 +665,8 @@ def main(argv=None):
     parser.add_argument("--torchvision-path", default=None, help="side folder holding torchvision (CPU machine)")
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--compile-mode", default=None)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved rounds of the encoder comparison, best kept (default: 1 on CUDA, 2 on CPU)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on CPU (1: time by process CPU time)")
     parser.add_argument("--out", default=None, help="folder for the table (default: $OUT, else benchmarks/results)")
     parser.add_argument("--in-process", action="store_true",
@@ -688,7 +690,8 @@ def main(argv=None):
     child_argv = ["--device", args.device, "--compile-backend", args.compile_backend]
     for flag, value in (("--batches", args.batches and ",".join(map(str, args.batches))),
                         ("--torchvision-path", args.torchvision_path), ("--compile-mode", args.compile_mode),
-                        ("--threads", args.threads and str(args.threads))):
+                        ("--threads", args.threads and str(args.threads)),
+                        ("--rounds", args.rounds and str(args.rounds))):
         if value:
             child_argv += [flag, value]
     if args.small:
