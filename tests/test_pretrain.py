@@ -500,3 +500,22 @@ def test_crafted_scaler_state_is_a_checkpoint_error(tmp_path, synthetic_root):
     with pytest.raises(ck.CheckpointError, match="scaler.pt is not a plain tensor file"):
         ck.load_checkpoint(accelerator, model, optimizer, None, checkpoint)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("data_format", ["timeseries_folder", "prepared"])
+def test_training_forward_skips_the_finite_check_and_the_saved_config_keeps_it(tmp_path, synthetic_root, prepared_root,
+                                                                               monkeypatch, data_format):
+    """The NaN/Inf check reads the batch (a host sync per step on a GPU); the loaders' batches are finite by
+    construction, so the training forward leaves it out, while the exported config keeps the user's setting."""
+    from degas_hf.models.st_swin_mae import modeling_st_swin_mae as modeling
+
+    seen = []
+    original = modeling.STSwinMAEPreTrainedModel._checks_data
+    monkeypatch.setattr(modeling.STSwinMAEPreTrainedModel, "_checks_data", lambda self: seen.append(original(self)) or seen[-1])
+    out, export = tmp_path / "run", tmp_path / "export"
+    overrides = (prepared_overrides(prepared_root, out, train__max_steps=2, checkpoint__save_every=0)
+                 if data_format == "prepared" else
+                 base_overrides(synthetic_root, out, train__max_steps=2, checkpoint__save_every=0))
+    train(load_config(None, overrides + [f"export_dir={export}"]))
+    assert seen and not any(seen), "the training forward must not read the batch on the host"
+    assert json.loads((export / "config.json").read_text())["check_finite_inputs"] is True

@@ -22,6 +22,7 @@ same number of processes and threads).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import errno
@@ -618,6 +619,21 @@ def _json_safe(obj):
     return json.loads(json.dumps(obj, default=float))
 
 
+@contextlib.contextmanager
+def inputs_known_finite(model):
+    """Leaves out the model's per-forward NaN/Inf check of `pixel_values` (a host sync every step on a GPU) for the
+    training forward: the batches of `degas-hf pretrain` are finite by construction (uint16 DN normalised on the
+    device, or the image processor's output, which fills NaN/Inf and marks them invalid). Only for the duration
+    of the forward, so the saved and exported configs keep the user's `check_finite_inputs`."""
+    config = model.config
+    setting = config.check_finite_inputs
+    config.check_finite_inputs = False
+    try:
+        yield
+    finally:
+        config.check_finite_inputs = setting
+
+
 def train(cfg: PretrainConfig, resume: str | bool | None = None, return_model: bool = False) -> dict[str, Any]:
     """Run (or continue) pretraining. `resume`: False/None = fresh start (refuses to overwrite existing
     checkpoints), True/"latest" = the newest complete checkpoint in `output_dir` (fresh start if there is none),
@@ -753,7 +769,8 @@ def train(cfg: PretrainConfig, resume: str | bool | None = None, return_model: b
             noise = noise.pin_memory()
         noise = noise.to(accelerator.device, non_blocking=True)
         with accelerator.accumulate(model):
-            out = model(pixel_values=pixel_values, valid_mask=valid_mask, noise=noise)
+            with inputs_known_finite(unwrapped):
+                out = model(pixel_values=pixel_values, valid_mask=valid_mask, noise=noise)
             loss = out.loss
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.optim.max_grad_norm:
