@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +154,19 @@ def test_bench_gpu_small_writes_its_table(tmp_path):
     # Every attention call of the tiny model is listed with the mask layout SDPA saw: unit last stride.
     attention_rows = [line for line in table.splitlines() if line.startswith("| ") and "torch.bfloat16" in line]
     assert attention_rows and all(row.split("|")[6].strip().endswith(", 1)") for row in attention_rows)
+
+
+def test_gpu_session_script_parses_and_uses_flags_the_benchmarks_have():
+    """benchmarks/gpu_session.sh is run blind on a lent GPU: it must at least be valid bash and call each benchmark
+    with options that benchmark accepts."""
+    import re
+
+    script = ROOT / "benchmarks" / "gpu_session.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    for name in ("bench_gpu.py", "bench_predict.py"):
+        call = next(line for line in text.splitlines() if f"benchmarks/{name}" in line and not line.startswith("#"))
+        flags = re.findall(r"\s(--[a-z-]+)", call.split(name, 1)[1])
+        help_text = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), "--help"], capture_output=True,
+                                   text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+        assert flags and all(flag in help_text for flag in flags), (name, flags)
