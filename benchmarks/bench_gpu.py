@@ -6,8 +6,8 @@ skipped, so the ones the GPU targets need come first):
   matmul     the machine's ceiling: bf16 / tf32 / fp32 matmul TFLOP/s, device copy GB/s
   pretrain   the STSwinMAEForPreTraining step (bf16 autocast forward, backward, clip_grad_norm_, fused AdamW) at
              growing batch sizes (CUDA: 32, 64, 128, 256, up to the first out-of-memory): samples/s, achieved
-             TFLOP/s, % of the measured bf16 matmul rate, peak memory; plus eager attention, and activation
-             checkpointing at twice the largest batch that fitted (CUDA)
+             TFLOP/s, % of the measured bf16 matmul rate, peak memory; plus eager attention, and selective / full
+             activation checkpointing at 1.5x / 3x the largest batch that fitted (CUDA)
   compile    eager vs regional torch.compile (degas_hf.training.compile.compile_model): first-step (compile) time
              and steady samples/s
   overhead   operators per encoder fwd+bwd (all dispatched, and those launching a kernel), ours vs torchvision
@@ -248,21 +248,21 @@ def part_pretrain(args, s):
     emit(dict(part="pretrain", what="model", params_m=params / 1e6, gflop_per_sample=flops_per_sample / 1e9,
               optimizer=kind))
 
-    def run(batch, label, attention="sdpa", checkpointing=False):
+    def run(batch, label, attention="sdpa", checkpointing="none", warmup=None, repeats=None):
+        from degas_hf.training.activation_checkpointing import enable_activation_checkpointing
+
         model.set_attn_implementation(attention)
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model, checkpointing)
         reset_peak(args.device)
         try:
             pixel_values = torch.randn(batch, *shape, device=args.device)
-            seconds = timed(pretrain_step(model, optimizer, pixel_values, args.device), args.device, s["warmup"],
-                            s["repeats"])
+            seconds = timed(pretrain_step(model, optimizer, pixel_values, args.device), args.device,
+                            warmup or s["warmup"], repeats or s["repeats"])
         except torch.OutOfMemoryError:
             emit(dict(part="pretrain", what=label, batch=batch, error="out of memory"))
             return False
         finally:
-            if checkpointing:
-                model.gradient_checkpointing_disable()
+            enable_activation_checkpointing(model, "none")
             model.set_attn_implementation("sdpa")
             optimizer.zero_grad(set_to_none=True)
         emit(dict(part="pretrain", what=label, batch=batch, seconds=seconds, samples_per_s=batch / seconds,
@@ -275,8 +275,14 @@ def part_pretrain(args, s):
             break
         largest = batch
     if largest is not None and not args.small:
-        run(min(64, largest) if args.device == "cuda" else largest, "step, eager attention", attention="eager")
-        run(largest * 2 if args.device == "cuda" else largest, "step, SDPA, activation checkpointing", checkpointing=True)
+        cuda = args.device == "cuda"
+        run(min(64, largest) if cuda else largest, "step, eager attention", attention="eager")
+        # Larger batches than fit without checkpointing (degas-100m keeps ~530 MiB of activations per sample, ~345
+        # with selective checkpointing, ~160 with full: see BENCHMARKS.md); fewer repeats, the steps are long.
+        run(largest * 3 // 2 if cuda else largest, "step, SDPA, selective activation checkpointing",
+            checkpointing="selective", warmup=2, repeats=4)
+        run(largest * 3 if cuda else largest, "step, SDPA, full activation checkpointing", checkpointing="full",
+            warmup=2, repeats=4)
 
 
 def part_encoder(args, s):

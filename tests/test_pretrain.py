@@ -519,3 +519,21 @@ def test_training_forward_skips_the_finite_check_and_the_saved_config_keeps_it(t
     train(load_config(None, overrides + [f"export_dir={export}"]))
     assert seen and not any(seen), "the training forward must not read the batch on the host"
     assert json.loads((export / "config.json").read_text())["check_finite_inputs"] is True
+
+
+def test_activation_checkpointing_modes_in_the_config(tmp_path, synthetic_root, monkeypatch):
+    """model.activation_checkpointing: none/full/selective, true/false keep their former meaning, anything else is
+    one clear error; the chosen mode reaches the model."""
+    import degas_hf.training.activation_checkpointing as module
+
+    for value, mode in (("true", "full"), ("false", "none"), ("selective", "selective"), ("full", "full")):
+        cfg = load_config(None, base_overrides(synthetic_root, tmp_path / value, model__activation_checkpointing=value))
+        assert cfg.model.activation_checkpointing == mode
+    with pytest.raises(ConfigError, match="model.activation_checkpointing must be none, full or selective, got 'some'"):
+        load_config(None, base_overrides(synthetic_root, tmp_path / "bad", model__activation_checkpointing="some"))
+    calls = []
+    original = module.enable_activation_checkpointing
+    monkeypatch.setattr(module, "enable_activation_checkpointing", lambda model, mode: calls.append(mode) or original(model, mode))
+    train(load_config(None, base_overrides(synthetic_root, tmp_path / "run", model__activation_checkpointing="selective",
+                                           train__max_steps=1, checkpoint__save_every=0)))
+    assert calls == ["selective"]

@@ -70,7 +70,9 @@ class ModelSection:
     preset: str = "degas-100m"  # STSwinMAEConfig preset: "degas-100m" or "degas-tiny"
     config: dict = field(default_factory=dict)  # STSwinMAEConfig fields overriding the preset (mask_ratio, ...)
     init_from: str | None = None  # a saved STSwinMAEForPreTraining folder to start from (else random init)
-    activation_checkpointing: bool = False  # recompute each Swin block in backward (use_reentrant=False)
+    # none, full (or true) or selective: recompute in the backward for less memory per sample
+    # (degas_hf.training.activation_checkpointing)
+    activation_checkpointing: str = "none"
 
 
 @dataclass
@@ -284,6 +286,11 @@ def _check(cfg: PretrainConfig) -> None:
         raise ConfigError("train.per_device_batch_size and train.gradient_accumulation_steps must be >= 1")
     if cfg.train.mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got {cfg.train.mixed_precision!r}")
+    # true/false (read as yes/no, see _coerce) keep their former meaning: full / none
+    mode = {"yes": "full", "no": "none"}.get(cfg.model.activation_checkpointing, cfg.model.activation_checkpointing)
+    if mode not in ("none", "full", "selective"):
+        raise ConfigError(f"model.activation_checkpointing must be none, full or selective, got {mode!r}")
+    cfg.model.activation_checkpointing = mode
     if cfg.data.format not in DATA_FORMATS:
         raise ConfigError(f"data.format must be one of {', '.join(DATA_FORMATS)}, got {cfg.data.format!r}")
     for key in ("crop_size", "grid_size", "num_frames"):
@@ -500,9 +507,11 @@ def build_model(cfg: PretrainConfig, model_config):
         model = STSwinMAEForPreTraining.from_pretrained(cfg.model.init_from, config=model_config)
     else:
         model = STSwinMAEForPreTraining(model_config)
-    if cfg.model.activation_checkpointing:
-        # non-reentrant checkpointing: the reentrant kind breaks DDP ("mark a variable ready only once")
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.activation_checkpointing != "none":
+        from degas_hf.training.activation_checkpointing import enable_activation_checkpointing
+
+        # (non-reentrant checkpointing: the reentrant kind breaks DDP, "mark a variable ready only once")
+        enable_activation_checkpointing(model, cfg.model.activation_checkpointing)
     return model
 
 
