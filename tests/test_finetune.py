@@ -177,15 +177,21 @@ def test_lora_optional(monkeypatch):
 # ----------------------------------------------------------------------------------------------------------------
 # CLI and bad input (errors before training)
 # ----------------------------------------------------------------------------------------------------------------
-def test_cli_finetune(tmp_path, capsys):
+def test_cli_finetune(tmp_path, capsys, monkeypatch):
+    import degas_hf.training.activation_checkpointing as checkpointing
+
+    modes = []
+    enable = checkpointing.enable_activation_checkpointing
+    monkeypatch.setattr(checkpointing, "enable_activation_checkpointing", lambda model, mode: modes.append(mode) or enable(model, mode))
     data = write_sen1floods11(tmp_path / "data", counts={"train": 2, "valid": 1, "test": 1})
     out = tmp_path / "cli"
     code = cli_main([
         "finetune", "--task", "sen1floods11", "--data", str(data), "--model", "degas-tiny", "--output-dir", str(out),
         "--max-steps", "2", "--batch-size", "2", "--test-splits", "test", "--no-figures", "--no-save-model",
-        "--eval-strategy", "no", "--class-weights", "1,2",
+        "--eval-strategy", "no", "--class-weights", "1,2", "--activation-checkpointing", "selective",
     ])
     assert code == 0
+    assert modes == ["selective"]
     printed = capsys.readouterr().out
     assert "| sen1floods11 | degas-tiny-sen1floods11 | test | mIoU |" in printed
     assert json.loads((out / "results.json").read_text())["training"]["class_weights"] == [1.0, 2.0]

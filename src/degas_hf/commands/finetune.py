@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--no-figures", action="store_true", help="skip the confusion-matrix and predictions figures")
     train.add_argument("--no-save-model", action="store_true", help="do not save the fine-tuned model")
     train.add_argument("--compile", action="store_true", help="torch.compile the model before training (degas_hf.training.compile)")
+    train.add_argument("--activation-checkpointing", choices=["none", "full", "selective"], default="none",
+                       help="recompute in the backward for less memory: full (whole blocks) or selective (element-wise "
+                            "operators only, no GEMM twice)")
 
     data = parser.add_argument_group("dataset options")
     data.add_argument("--bands", nargs="+", default=None, metavar="BAND", help="(space- or comma-separated) ""input bands (default: the model's config.band_names); other bands re-initialise the patch embedding")
@@ -205,6 +208,7 @@ def _run(args: argparse.Namespace) -> int:
         save_model=not args.no_save_model,
         overwrite=args.overwrite,
         compile=args.compile,
+        activation_checkpointing=args.activation_checkpointing,
         training_args=training_args,
     )
     results = finetune(config, log=_say)

@@ -91,6 +91,8 @@ class FinetuneConfig:
         num_figure_samples: samples in the predictions figure.
         overwrite: replace the run (results, model) already in `output_dir`; without it such a folder is refused.
         compile: run the model through `degas_hf.training.compile.compile_model` (torch.compile) before training.
+        activation_checkpointing: "none", "full" or "selective" (`degas_hf.training.activation_checkpointing`):
+            recompute in the backward to fit a larger batch or a smaller GPU.
         training_args: further `TrainingArguments` fields (override the defaults here).
     """
 
@@ -131,6 +133,7 @@ class FinetuneConfig:
     save_model: bool = True
     overwrite: bool = False
     compile: bool = False
+    activation_checkpointing: str = "none"
     training_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -139,6 +142,8 @@ class FinetuneConfig:
             raise ValueError(f"--layer-decay must be in (0, 1], found {self.layer_decay}")
         if self.lora_rank < 0:
             raise ValueError(f"--lora-rank must be >= 0, found {self.lora_rank}")
+        if self.activation_checkpointing not in ("none", "full", "selective"):
+            raise ValueError(f"--activation-checkpointing must be none, full or selective, found {self.activation_checkpointing!r}")
         if self.freeze_encoder and self.lora_rank:
             raise ValueError("choose --freeze-encoder or --lora-rank, not both")
         for flag, value in (("--batch-size", self.per_device_train_batch_size),
@@ -692,6 +697,10 @@ def finetune(config: FinetuneConfig, log=None) -> dict:
 
     model = load_model_for_task(config.model, info, bands if config.bands is not None else None)
     total_parameters = sum(p.numel() for p in model.parameters())
+    if config.activation_checkpointing != "none":
+        from .activation_checkpointing import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model, config.activation_checkpointing)
     if config.freeze_encoder:
         freeze_encoder(model)
     if config.lora_rank:
