@@ -247,3 +247,21 @@ def test_new_band_order_keeps_pretrained_filters_by_name_and_new_bands_stay_trai
     freeze_encoder(model)
     assert got.requires_grad
     assert not any(p.requires_grad for n, p in model.st_swin_mae.named_parameters() if "patch_embeddings" not in n)
+
+
+def test_cli_phileo_selection_flags_reach_the_reader_and_only_phileo_takes_them(tmp_path):
+    """--n-shot-seed and --indices (the PhilEO Bench's own n-shot selections) are reader arguments of the PhilEO
+    tasks; on another task they are a one-line error naming the flag."""
+    import argparse
+
+    from degas_hf.commands.finetune import _dataset_kwargs, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--data", str(tmp_path), "--model", "degas-tiny", "--output-dir", str(tmp_path / "out")]
+    args = parser.parse_args(["--task", "phileo_lc", *base, "--n-shot", "50", "--n-shot-seed", "7",
+                              "--indices", str(tmp_path / "indices")])
+    assert _dataset_kwargs(args, "phileo_lc") == {"n_shot": 50, "n_shot_seed": 7, "indices": str(tmp_path / "indices")}
+    args = parser.parse_args(["--task", "sen1floods11", *base, "--n-shot-seed", "7"])
+    with pytest.raises(ValueError, match="--n-shot-seed does not apply to task 'sen1floods11'"):
+        _dataset_kwargs(args, "sen1floods11")

@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--test-splits", nargs="+", default=None, help="splits evaluated after training (default: the task's, e.g. test bolivia)")
     data.add_argument("--modality", choices=["s1", "s2", "s1s2"], default=None, help="Sen1Floods11: S2Hand (default), S1Hand or both")
     data.add_argument("--n-shot", type=int, default=None, help="PhilEO: n training patches per region")
+    data.add_argument("--n-shot-seed", type=int, default=None, help="PhilEO: seed of the n-shot draw (default: the bench's 12345)")
+    data.add_argument("--indices", default=None, metavar="PATH",
+                      help="PhilEO: the bench's fixed selection (an indices_*_<label>_<n>.json file, or the folder holding them)")
     data.add_argument("--regions", nargs="+", default=None, help="PhilEO: keep only these regions")
     data.add_argument("--target-scale", type=float, default=None, help="PhilEO regression: multiply the %% targets (default 0.01: fractions 0-1; 1 keeps %%)")
     data.add_argument("--band-names", nargs="+", default=None, metavar="BAND",
@@ -107,7 +110,8 @@ def _dataset_kwargs(args: argparse.Namespace, task: str) -> dict:
     if task == "generic":
         _check_generic_flags(args)
     options = {
-        "modality": args.modality, "n_shot": args.n_shot, "regions": args.regions, "target_scale": args.target_scale,
+        "modality": args.modality, "n_shot": args.n_shot, "n_shot_seed": args.n_shot_seed, "indices": args.indices,
+        "regions": args.regions, "target_scale": args.target_scale,
         "band_names": args.band_names, "num_frames": args.num_frames, "num_classes": args.num_classes,
         "class_names": args.class_names, "label_suffix": args.label_suffix,
     }
@@ -115,9 +119,9 @@ def _dataset_kwargs(args: argparse.Namespace, task: str) -> dict:
         options["regression"] = True
     applicable = {
         "sen1floods11": {"modality"},
-        "phileo_lc": {"n_shot", "regions"},
-        "phileo_building": {"n_shot", "regions", "target_scale"},
-        "phileo_roads": {"n_shot", "regions", "target_scale"},
+        "phileo_lc": {"n_shot", "n_shot_seed", "indices", "regions"},
+        "phileo_building": {"n_shot", "n_shot_seed", "indices", "regions", "target_scale"},
+        "phileo_roads": {"n_shot", "n_shot_seed", "indices", "regions", "target_scale"},
         "generic": {"band_names", "num_frames", "num_classes", "class_names", "label_suffix", "regression"},
     }.get(task, set())
     for name, value in options.items():
