@@ -219,7 +219,9 @@ def bench_model(preset: str, image_size: int, frames: int, batch_size: int, step
     config = STSwinMAEConfig.from_preset(preset)
     model = STSwinMAEForPreTraining(config)
     if activation_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        from degas_hf.training.activation_checkpointing import enable_activation_checkpointing
+
+        enable_activation_checkpointing(model, "full")
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
     model, opt = accelerator.prepare(model, opt)
