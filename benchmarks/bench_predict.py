@@ -267,22 +267,7 @@ def cli_peak_memory(model_dir: Path, inputs: list[Path], output: Path, args, dev
                "--model", str(model_dir), "--output", str(output), *map(str, inputs), "--window", str(args.window),
                "--overlap", str(args.overlap), "--batch-size", str(args.batch_size), "--no-progress",
                "--device", device, *extra]
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak_kib = 0
-    while process.poll() is None:
-        try:
-            with open(f"/proc/{process.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        peak_kib = max(peak_kib, int(line.split()[1]))
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            pass
-        time.sleep(0.05)
-    wall = time.perf_counter() - start
-    if process.returncode != 0:
-        raise RuntimeError(process.stderr.read().decode()[-2000:])
-    return peak_kib / 1024, wall
+    return _peak_memory(command)
 
 
 def zero_cost_peak_memory(inputs: list[Path], output: Path, args) -> tuple[float, float]:

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections import Counter
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from _helpers_ops import CountOperators
 
 from degas_hf import STSwinMAEConfig, STSwinMAEForPreTraining
 from degas_hf.training.activation_checkpointing import enable_activation_checkpointing
-
-
-class CountOperators(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.counts = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def backward_operators_and_gradients(model, pixel_values):

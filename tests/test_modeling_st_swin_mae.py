@@ -714,27 +714,16 @@ def test_one_qkv_gemm_equals_the_three_projections_and_wrappers_still_run():
 def test_a_swin_block_runs_four_gemms_and_no_layout_copies_beyond_its_windows():
     """Operator count of a block's forward (the GPU step is bound by launches): 4 GEMMs (q/k/v together, output,
     two MLP layers), and for the merging between stages one permute-copy instead of four strided slices."""
-    from collections import Counter
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = Counter()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops[func.overloadpacket.__name__] += 1
-            return func(*args, **(kwargs or {}))
+    from _helpers_ops import CountOperators
 
     config = tiny_config(window_size=(2, 4, 4))
     blocks = STSwinMAEBlocks(config, dim=16, depth=2, num_heads=2, drop_path_rates=[0.0, 0.0]).eval()
     merging = STSwinMAEModel(config).encoder.stages[1].downsample
-    with torch.no_grad(), Count() as counted:
+    with torch.no_grad(), CountOperators() as counted:
         blocks(torch.randn(2, 4, 8, 8, 16))
         merging(torch.randn(2, 4, 8, 8, merging.norm.normalized_shape[0] // 4))
-    assert counted.ops["addmm"] + counted.ops["mm"] == 2 * 4 + 1  # + merging's reduction (attention: SDPA)
-    assert counted.ops["slice"] == 0 and counted.ops["cat"] == 4  # the two blocks' q/k/v weights and biases
+    assert counted.counts["addmm"] + counted.counts["mm"] == 2 * 4 + 1  # + merging's reduction (attention: SDPA)
+    assert counted.counts["slice"] == 0 and counted.counts["cat"] == 4  # the two blocks' q/k/v weights and biases
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
